@@ -146,10 +146,10 @@ fn processes(ctx: &Ctx, out: &mut Vec<Finding>) {
     };
     let (sev, title, fix) = if sev == Severity::Info {
         (sev, "ptrace is restricted", "nothing to do")
-    } else if outside.is_empty() {
+    } else if !outside.iter().any(|p| p.uid == ctx.uid) {
         (
             Severity::Info,
-            "ptrace is permitted, but no process outside this session is visible",
+            "ptrace is permitted, but no same-user process outside this session is visible",
             "nothing to do",
         )
     } else {
@@ -501,9 +501,15 @@ fn path_dirs(ctx: &Ctx) -> Vec<PathBuf> {
         .take(32)
         .collect();
     v.push(ctx.home.join(".local/bin"));
-    v.sort();
-    v.dedup();
     v.retain(|p| p.is_dir());
+    // `/bin` and `/usr/bin` are often one directory: report it once.
+    let mut seen = vec![];
+    v.retain(|p| {
+        let c = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let new = !seen.contains(&c);
+        seen.push(c);
+        new
+    });
     v
 }
 
