@@ -1,0 +1,112 @@
+//! What a sandbox is. A [`SandboxSpec`] is written once at creation and read by every command.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How the host workspace appears inside the sandbox (always at the same absolute path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    /// Copy-on-write (overlayfs): the agent writes freely, the host directory is untouched.
+    #[default]
+    Cow,
+    /// The host directory itself, read-write: changes are live on the host.
+    Rw,
+    /// The host directory, read-only.
+    Ro,
+}
+
+impl WorkspaceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceMode::Cow => "cow",
+            WorkspaceMode::Rw => "rw",
+            WorkspaceMode::Ro => "ro",
+        }
+    }
+}
+
+/// Which isolation tier runs the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Linux namespaces + seccomp + cgroups: starts in milliseconds, shares the host kernel.
+    #[default]
+    Namespace,
+    /// A microVM with its own kernel (QEMU).
+    Vm,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Namespace => "namespace",
+            Isolation::Vm => "vm",
+        }
+    }
+}
+
+/// Resource limits requested by the user. `None` means "no limit beyond the host's".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub timeout_secs: Option<f64>,
+}
+
+/// The identity the agent runs as inside: by default the invoking user's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: PathBuf,
+    pub shell: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub name: String,
+    /// Absolute, canonical host path of the workspace.
+    pub workspace: PathBuf,
+    pub mode: WorkspaceMode,
+    pub isolation: Isolation,
+    pub limits: Limits,
+    /// Extra environment (from `-e` and `--env-file`), in order.
+    pub env: Vec<(String, String)>,
+    pub user: SandboxUser,
+    /// Delete the sandbox when its command exits (`run --rm`).
+    pub ephemeral: bool,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// What a running sandbox is, as recorded by its supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    /// Host pid of the sandbox's init (PID 1 inside).
+    pub init_pid: i32,
+    /// The init's start time in clock ticks since boot (/proc/PID/stat field 22): guards against pid reuse.
+    pub init_start_ticks: u64,
+    /// Host pid of the supervising process.
+    pub supervisor_pid: i32,
+    pub supervisor_start_ticks: u64,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// How limits are enforced, e.g. "cgroup v1" or "rlimits (rootless on cgroup v1: no cgroup available)".
+    pub limits_enforcement: String,
+    /// Cgroup directories created for the sandbox (removed at stop).
+    pub cgroups: Vec<PathBuf>,
+    /// Whether the system directories are copy-on-write ("cow") or read-only ("ro"), and why.
+    pub system_mode: String,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,191 @@
+//! PID 1 of a sandbox. It finishes the sandbox's setup from inside (cgroup namespace, hostname,
+//! loopback, filesystem), starts the first command, then reaps zombies and forwards signals.
+//! When it exits the kernel kills every other process of the sandbox's pid namespace, and it
+//! dies itself (PR_SET_PDEATHSIG) when its supervisor dies, even by SIGKILL.
+
+use std::os::fd::RawFd;
+
+use airlock_seccomp::SeccompProgram;
+
+use crate::mounts::MountPlan;
+use crate::namespaces;
+use crate::process::CommandSpec;
+
+/// Signals the init forwards to the first command (or, without one, treats as "stop").
+pub const FORWARDED: &[libc::c_int] = &[
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Messages on the setup channel between supervisor and init (a SOCK_SEQPACKET pair).
+pub const MSG_GO: u8 = b'G';
+pub const MSG_READY: u8 = b'R';
+pub const MSG_ERROR: u8 = b'E';
+
+fn send(sock: RawFd, msg: &[u8]) {
+    // SAFETY: writing a valid buffer to a socket we hold.
+    unsafe { libc::send(sock, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit ends the process without running the forked copy's destructors.
+    unsafe { libc::_exit(code) }
+}
+
+/// The child side of the sandbox's creation. Never returns.
+pub fn run(
+    sock: RawFd,
+    plan: &MountPlan,
+    hostname: &str,
+    seccomp: &SeccompProgram,
+    main: Option<&CommandSpec>,
+) -> ! {
+    // SAFETY: prctl/read with integer arguments and a local buffer.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let mut go = [0u8; 1];
+        // EOF here means the supervisor died before writing our id maps: nothing to do.
+        if libc::read(sock, go.as_mut_ptr().cast(), 1) != 1 || go[0] != MSG_GO {
+            exit(1);
+        }
+    }
+    if let Err(msg) = setup(plan, hostname) {
+        let mut m = vec![MSG_ERROR];
+        m.extend_from_slice(msg.as_bytes());
+        send(sock, &m);
+        exit(1);
+    }
+    // Nothing of the supervisor's descriptors (locks, state files) stays open in the sandbox.
+    close_all_except(&[0, 1, 2, sock]);
+    send(sock, &[MSG_READY]);
+
+    let main_pid = match main {
+        Some(cmd) => match namespaces::clone_process(0) {
+            Ok(0) => cmd.exec(seccomp, Some(sock)),
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                eprintln!("airlock: starting the command: {e}");
+                exit(126);
+            }
+        },
+        None => None,
+    };
+    // SAFETY: closing our copy of the channel and pointing stdio at /dev/null (inside the sandbox).
+    unsafe {
+        libc::close(sock);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    if seccomp.apply().is_err() {
+        exit(1);
+    }
+    reap_loop(main_pid)
+}
+
+fn setup(plan: &MountPlan, hostname: &str) -> Result<(), String> {
+    // SAFETY: unshare/sethostname with valid arguments.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+            return Err(format!(
+                "creating the cgroup namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
+            return Err(format!(
+                "setting the hostname: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    namespaces::loopback_up().map_err(|e| e.to_string())?;
+    plan.apply().map_err(|e| e.to_string())
+}
+
+fn close_all_except(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep.iter().map(|&f| f as u32).collect();
+    keep.sort_unstable();
+    let mut from = 0u32;
+    for k in keep {
+        if k > from {
+            // SAFETY: closing a range of our own descriptors.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0u32) };
+        }
+        from = k + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
+}
+
+/// Wait for signals: reap every child, forward termination signals. With a first command, exit
+/// with its status when it ends; without, exit once asked to stop and every process is gone.
+fn reap_loop(main_pid: Option<i32>) -> ! {
+    // SAFETY: signal-set manipulation on locals; waitpid/kill on our own pid namespace.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, *s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut stopping = false;
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(&set, &mut info);
+            if sig == libc::SIGCHLD || sig < 0 {
+                loop {
+                    let mut status = 0;
+                    let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                    if pid <= 0 {
+                        if pid < 0 && stopping && main_pid.is_none() {
+                            exit(0);
+                        }
+                        break;
+                    }
+                    if Some(pid) == main_pid {
+                        let code = if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        };
+                        // The first command is done: the sandbox ends with it.
+                        libc::kill(-1, libc::SIGKILL);
+                        while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
+                        exit(code);
+                    }
+                }
+                continue;
+            }
+            match main_pid {
+                Some(pid) => {
+                    libc::kill(pid, sig);
+                }
+                None => {
+                    stopping = true;
+                    if libc::kill(-1, libc::SIGTERM) != 0 {
+                        // No process left besides us.
+                        exit(0);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The sandbox's filesystem: a fresh root on tmpfs, assembled from copy-on-write or read-only
+//! views of the host's system directories, a private home, private /tmp, /run and /dev, a fresh
+//! /proc, and the workspace at its host path. Sensitive host files are masked.
+//!
+//! [`MountPlan::for_sandbox`] runs on the host side and only looks at the host (which directories
+//! and masked files exist); [`MountPlan::apply`] runs in the sandbox's new mount namespace and
+//! ends with `pivot_root`, after which no host path is reachable.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use airlock_core::spec::{SandboxSpec, WorkspaceMode};
+
+use crate::error::{NsError, Result};
+use crate::layers::Layers;
+
+/// Host system directories shown inside (copy-on-write where ids allow, otherwise read-only).
+pub const SYSTEM_DIRS: &[&str] = &["usr", "etc", "opt", "var", "srv"];
+
+/// Host files replaced by an empty file inside: credentials and keys of the host.
+const MASKED_FILES: &[&str] = &[
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/security/opasswd",
+    "/etc/krb5.keytab",
+    "/etc/ipsec.secrets",
+    "/etc/ppp/chap-secrets",
+    "/etc/ppp/pap-secrets",
+    "/etc/sudoers",
+    "/etc/docker/key.json",
+    "/etc/machine-id",
+    "/var/lib/dbus/machine-id",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/kallsyms",
+    "/proc/kmsg",
+    "/proc/config.gz",
+];
+
+/// Host directories replaced by an empty read-only directory inside: private keys, other
+/// services' state and secrets, host logs, and Airlock's own state.
+const MASKED_DIRS: &[&str] = &[
+    "/etc/ssl/private",
+    "/etc/sudoers.d",
+    "/etc/NetworkManager/system-connections",
+    "/etc/wireguard",
+    "/etc/openvpn",
+    "/etc/credstore",
+    "/etc/credstore.encrypted",
+    "/etc/containers/auth",
+    "/etc/libvirt/secrets",
+    "/var/lib/airlock",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/containers",
+    "/var/lib/kubelet",
+    "/var/lib/libvirt",
+    "/var/lib/lxc",
+    "/var/lib/lxd",
+    "/var/lib/incus",
+    "/var/lib/machines",
+    "/var/lib/private",
+    "/var/lib/postgresql",
+    "/var/lib/mysql",
+    "/var/lib/redis",
+    "/var/lib/sss",
+    "/var/lib/systemd",
+    "/var/lib/NetworkManager",
+    "/var/lib/bluetooth",
+    "/var/lib/polkit-1",
+    "/var/lib/AccountsService",
+    "/var/lib/snapd",
+    "/var/lib/cloud",
+    "/var/lib/waagent",
+    "/var/lib/sudo",
+    "/var/backups",
+    "/var/cache/private",
+    "/proc/acpi",
+    "/proc/scsi",
+    "/proc/asound",
+    "/proc/driver",
+    "/sys/firmware",
+    "/sys/kernel/security",
+    "/sys/kernel/debug",
+    "/sys/kernel/tracing",
+    "/sys/kernel/config",
+    "/sys/devices/virtual/dmi",
+    "/sys/class/dmi",
+    "/sys/fs/bpf",
+    "/sys/fs/pstore",
+    "/sys/fs/cgroup",
+];
+
+/// Host directories replaced by an empty, writable, private directory inside: the host's logs,
+/// spools and temporary files are not the agent's business, but tools expect to write there.
+const PRIVATE_DIRS: &[&str] = &["/var/log", "/var/tmp", "/var/spool", "/var/mail"];
+
+/// Parts of /proc that stay visible but read-only.
+const PROC_READONLY: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
+];
+
+/// Device nodes bound from the host into the sandbox's /dev.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+#[derive(Debug, Clone)]
+pub struct MountPlan {
+    /// Empty host directory the new root is built on (in the sandbox's mount namespace only).
+    pub root: PathBuf,
+    pub system_cow: bool,
+    pub system_dirs: Vec<String>,
+    /// Top-level symlinks of the host (`bin -> usr/bin` on merged-/usr systems).
+    pub root_symlinks: Vec<(String, PathBuf)>,
+    pub layers: Layers,
+    pub home: PathBuf,
+    pub workspace: PathBuf,
+    pub mode: WorkspaceMode,
+    pub masked_files: Vec<PathBuf>,
+    pub masked_dirs: Vec<PathBuf>,
+    pub private_dirs: Vec<PathBuf>,
+    /// Host paths that hold Airlock's own state, hidden if they fall under a visible tree.
+    pub hidden_state: Vec<PathBuf>,
+    pub devpts_gid5: bool,
+}
+
+impl MountPlan {
+    pub fn for_sandbox(
+        spec: &SandboxSpec,
+        layers: Layers,
+        root: PathBuf,
+        system_cow: bool,
+        state_dirs: &[PathBuf],
+    ) -> MountPlan {
+        let system_dirs = SYSTEM_DIRS
+            .iter()
+            .filter(|d| {
+                std::fs::symlink_metadata(Path::new("/").join(d))
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false)
+            })
+            .map(|d| d.to_string())
+            .collect();
+        let mut root_symlinks = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/") {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_symlink()).unwrap_or(false)
+                    && let Ok(target) = std::fs::read_link(e.path())
+                {
+                    root_symlinks.push((e.file_name().to_string_lossy().into_owned(), target));
+                }
+            }
+        }
+        let existing = |list: &[&str]| -> Vec<PathBuf> {
+            list.iter()
+                .filter(|p| Path::new(p).exists())
+                .map(PathBuf::from)
+                .collect()
+        };
+        let mut masked_files: Vec<PathBuf> = existing(MASKED_FILES);
+        // SSH host private keys.
+        if let Ok(rd) = std::fs::read_dir("/etc/ssh") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("ssh_host_") && n.ends_with("_key") {
+                    masked_files.push(e.path());
+                }
+            }
+        }
+        let masked_dirs = existing(MASKED_DIRS);
+        let private_dirs = existing(PRIVATE_DIRS);
+        let hidden_state = state_dirs
+            .iter()
+            .filter(|d| {
+                SYSTEM_DIRS
+                    .iter()
+                    .any(|s| d.starts_with(Path::new("/").join(s)))
+            })
+            .filter(|d| d.exists())
+            .cloned()
+            .collect();
+        MountPlan {
+            root,
+            system_cow,
+            system_dirs,
+            root_symlinks,
+            layers,
+            home: spec.user.home.clone(),
+            workspace: spec.workspace.clone(),
+            mode: spec.mode,
+            masked_files,
+            masked_dirs,
+            private_dirs,
+            hidden_state,
+            devpts_gid5: system_cow,
+        }
+    }
+
+    /// Build the sandbox's filesystem and switch to it. Runs in the child, in its own mount and
+    /// user namespaces, before anything of the agent runs.
+    pub fn apply(&self) -> Result<()> {
+        let r = &self.root;
+        // Nothing we mount propagates back to the host, and nothing of the host's propagates in.
+        mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+        )?;
+        mount(
+            Some("tmpfs"),
+            r,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=0755,size=16m"),
+        )?;
+
+        for d in &self.system_dirs {
+            let host = Path::new("/").join(d);
+            let target = r.join(d);
+            mkdir(&target, 0o755)?;
+            if self.system_cow {
+                let (upper, work) = self.layers.system(d);
+                overlay(&host, &upper, &work, &target)?;
+            } else {
+                bind(&host, &target, true)?;
+            }
+        }
+        for (name, target) in &self.root_symlinks {
+            symlink(target, &r.join(name))?;
+        }
+
+        // /dev: only harmless devices, a private devpts and shm.
+        let dev = r.join("dev");
+        mkdir(&dev, 0o755)?;
+        mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("mode=0755,size=64k"),
+        )?;
+        for d in DEVICES {
+            let target = dev.join(d);
+            touch(&target)?;
+            bind(&Path::new("/dev").join(d), &target, false)?;
+        }
+        mkdir(&dev.join("pts"), 0o755)?;
+        let pts_opts = if self.devpts_gid5 {
+            "newinstance,ptmxmode=0666,mode=0620,gid=5"
+        } else {
+            "newinstance,ptmxmode=0666,mode=0620"
+        };
+        mount(
+            Some("devpts"),
+            &dev.join("pts"),
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some(pts_opts),
+        )?;
+        symlink(Path::new("pts/ptmx"), &dev.join("ptmx"))?;
+        mkdir(&dev.join("shm"), 0o1777)?;
+        mount(
+            Some("tmpfs"),
+            &dev.join("shm"),
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        )?;
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            symlink(Path::new(target), &dev.join(name))?;
+        }
+
+        // A /proc of the sandbox's own pid namespace.
+        let proc_dir = r.join("proc");
+        mkdir(&proc_dir, 0o555)?;
+        mount(
+            Some("proc"),
+            &proc_dir,
+            Some("proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        )?;
+
+        // /sys read-only: a fresh sysfs (it shows the sandbox's own network devices) where the
+        // kernel allows it, else the host's, read-only.
+        let sys = r.join("sys");
+        mkdir(&sys, 0o555)?;
+        let ro_sys = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if mount(Some("sysfs"), &sys, Some("sysfs"), ro_sys, None).is_err() {
+            bind(Path::new("/sys"), &sys, true)?;
+        }
+
+        for (path, mode) in [("tmp", "mode=1777"), ("run", "mode=0755")] {
+            let target = r.join(path);
+            mkdir(&target, 0o755)?;
+            mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(mode),
+            )?;
+        }
+        mkdir(&r.join("run/lock"), 0o1777)?;
+
+        // The private home, at the user's home path.
+        let home = under(r, &self.home);
+        mkdir_all(&home)?;
+        bind(&self.layers.home(), &home, false)?;
+
+        // The workspace, at its host path.
+        let ws = under(r, &self.workspace);
+        mkdir_all(&ws)?;
+        match self.mode {
+            WorkspaceMode::Cow => {
+                let (upper, work) = self.layers.workspace();
+                overlay(&self.workspace, &upper, &work, &ws)?;
+            }
+            WorkspaceMode::Rw => bind(&self.workspace, &ws, false)?,
+            WorkspaceMode::Ro => bind(&self.workspace, &ws, true)?,
+        }
+
+        // Masks. A mask over a path the agent cannot see anyway is skipped.
+        let null = dev.join("null");
+        for f in &self.masked_files {
+            let target = under(r, f);
+            if target.exists() {
+                bind(&null, &target, true)?;
+            }
+        }
+        for d in self.masked_dirs.iter().chain(&self.hidden_state) {
+            let target = under(r, d);
+            if target.is_dir() {
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    Some("mode=0755,size=4k"),
+                )?;
+            }
+        }
+        for d in &self.private_dirs {
+            let target = under(r, d);
+            if target.is_dir() {
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    Some("mode=1777"),
+                )?;
+            }
+        }
+        for p in PROC_READONLY {
+            let target = under(r, Path::new(p));
+            if target.exists() {
+                bind(&target, &target, true)?;
+            }
+        }
+
+        // Switch root: pivot_root(".", ".") stacks the old root under the new one; detaching it
+        // leaves no path back to the host.
+        chdir(r)?;
+        let dot = c".";
+        // SAFETY: both arguments are valid NUL-terminated strings.
+        if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
+            return Err(NsError::last("pivot_root into the sandbox's root"));
+        }
+        // SAFETY: as above; "." is now the stacked old root.
+        if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(NsError::last("detaching the host's root"));
+        }
+        chdir(Path::new("/"))?;
+        // The root tmpfs itself (mount points and symlinks) becomes read-only.
+        mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )?;
+        Ok(())
+    }
+}
+
+/// `root` joined with absolute `p`.
+pub fn under(root: &Path, p: &Path) -> PathBuf {
+    root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| NsError::Setup(format!("path contains a NUL byte: {}", p.display())))
+}
+
+fn mount(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<()> {
+    let c = |s: Option<&str>| s.map(|s| CString::new(s).expect("static mount strings have no NUL"));
+    let (src_c, fs_c, data_c) = (c(src), c(fstype), c(data));
+    let target_c = cstr(target)?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is either NULL or a valid NUL-terminated string living across the call.
+    let rc = unsafe {
+        libc::mount(
+            ptr(&src_c),
+            target_c.as_ptr(),
+            ptr(&fs_c),
+            flags,
+            ptr(&data_c).cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(NsError::sys(
+            format!(
+                "mounting {} on {} ({})",
+                src.unwrap_or("-"),
+                target.display(),
+                fstype.unwrap_or("remount/bind")
+            ),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Bind `src` on `target` (not recursively: host submounts stay hidden), optionally read-only.
+fn bind(src: &Path, target: &Path, readonly: bool) -> Result<()> {
+    let src_c = cstr(src)?;
+    let target_c = cstr(target)?;
+    // SAFETY: valid NUL-terminated paths; NULL fstype/data are allowed for MS_BIND.
+    let rc = unsafe {
+        libc::mount(
+            src_c.as_ptr(),
+            target_c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(NsError::sys(
+            format!("binding {} on {}", src.display(), target.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if readonly {
+        // A remount must keep the flags the kernel locked on the original mount (nosuid, nodev,
+        // noexec) or it fails with EPERM inside a user namespace.
+        let locked = locked_flags(target);
+        mount(
+            None,
+            target,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn locked_flags(p: &Path) -> libc::c_ulong {
+    let Ok(c) = cstr(p) else { return 0 };
+    // SAFETY: statvfs fills the zeroed struct we pass for a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    let mut flags = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    flags
+}
+
+/// Overlay mount option values cannot carry ',' (the kernel splits options on it) and ':' separates
+/// lower layers; such paths are refused up front (see `layers::check_path`).
+fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(Some("overlay"), target, Some("overlay"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
+        .map_err(|e| NsError::Setup(format!("{e} (copy-on-write layer for {}; use --workspace-mode rw or ro if this filesystem cannot be an overlay layer)", lower.display())))
+}
+
+fn mkdir(p: &Path, mode: u32) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(mode).create(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(NsError::path(p, e)),
+    }
+}
+
+fn mkdir_all(p: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .map_err(|e| NsError::path(p, e))
+}
+
+fn touch(p: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)
+        .map(drop)
+        .map_err(|e| NsError::path(p, e))
+}
+
+fn symlink(target: &Path, link: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, link).map_err(|e| NsError::path(link, e))
+}
+
+fn chdir(p: &Path) -> Result<()> {
+    std::env::set_current_dir(p).map_err(|e| NsError::path(p, e))
+}

@@ -1,0 +1,210 @@
+//! Linux namespaces: creating them, mapping ids into the user namespace, and joining them.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use crate::error::{NsError, Result};
+
+/// The namespaces every sandbox gets at creation. The cgroup namespace is unshared by the child
+/// after its supervisor has moved it into the sandbox's cgroup, so that cgroup becomes its root.
+pub const SANDBOX_CLONE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNET;
+
+/// Namespaces joined by `exec`, in the order they must be entered: the user namespace first, so
+/// that the others (owned by it) can be joined without privileges on the host.
+pub const JOIN_ORDER: &[(&str, libc::c_int)] = &[
+    ("user", libc::CLONE_NEWUSER),
+    ("mnt", libc::CLONE_NEWNS),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("net", libc::CLONE_NEWNET),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("pid", libc::CLONE_NEWPID),
+];
+
+/// Fork-like `clone(2)`: returns `Ok(0)` in the child and the child's pid in the parent.
+///
+/// Only call from a single-threaded process (Airlock's CLI never starts threads before this).
+pub fn clone_process(flags: libc::c_int) -> Result<i32> {
+    // SAFETY: raw clone without CLONE_VM and with a NULL stack behaves like fork(2): the child runs
+    // on a copy-on-write copy of our stack. The caller guarantees the process is single-threaded,
+    // so no lock can be held by another thread across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(match err.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::ENOSPC) | Some(libc::EUSERS)
+                if flags & libc::CLONE_NEWUSER != 0 =>
+            {
+                NsError::UserNamespaces(userns_hint(&err))
+            }
+            _ => NsError::sys("clone", err),
+        });
+    }
+    Ok(rc as i32)
+}
+
+/// Why creating a user namespace failed, naming the setting that controls it.
+pub fn userns_hint(err: &std::io::Error) -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return "the sysctl user.max_user_namespaces is 0; enable them with `sudo sysctl -w user.max_user_namespaces=15000`".into();
+    }
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return "the sysctl kernel.unprivileged_userns_clone is 0; enable them with `sudo sysctl -w kernel.unprivileged_userns_clone=1`".into();
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1); allow airlock with an AppArmor profile granting `userns,` or run `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`".into();
+    }
+    if err.raw_os_error() == Some(libc::ENOSPC) || err.raw_os_error() == Some(libc::EUSERS) {
+        return format!(
+            "{err}: the limit user.max_user_namespaces is reached; stop some sandboxes or raise it with sysctl"
+        );
+    }
+    format!(
+        "{err}; check that the kernel allows user namespaces (CONFIG_USER_NS) and that no seccomp or container policy of the host forbids them"
+    )
+}
+
+/// The uid/gid mapping of a sandbox's user namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMap {
+    pub uid_map: String,
+    pub gid_map: String,
+    /// Unprivileged callers must write "deny" to /proc/PID/setgroups before gid_map.
+    pub deny_setgroups: bool,
+    /// Whether a full range of ids is mapped (so `chown`, apt-get and friends work inside).
+    pub full_range: bool,
+}
+
+impl IdMap {
+    /// Root gets all ids mapped onto themselves: files keep their owners, while capabilities stay
+    /// confined to the sandbox's user namespace. Everyone else maps exactly their own uid and gid.
+    pub fn for_invoker(euid: u32, egid: u32) -> IdMap {
+        if euid == 0 {
+            IdMap {
+                uid_map: "0 0 4294967295\n".into(),
+                gid_map: "0 0 4294967295\n".into(),
+                deny_setgroups: false,
+                full_range: true,
+            }
+        } else {
+            IdMap {
+                uid_map: format!("{euid} {euid} 1\n"),
+                gid_map: format!("{egid} {egid} 1\n"),
+                deny_setgroups: true,
+                full_range: false,
+            }
+        }
+    }
+
+    /// Write the maps of the freshly cloned `pid` (from its parent, in the parent's user namespace).
+    pub fn write(&self, pid: i32) -> Result<()> {
+        let proc = format!("/proc/{pid}");
+        let w = |file: &str, data: &str| {
+            let path = format!("{proc}/{file}");
+            std::fs::write(&path, data).map_err(|e| NsError::path(path, e))
+        };
+        w("uid_map", &self.uid_map)?;
+        if self.deny_setgroups {
+            w("setgroups", "deny")?;
+        }
+        w("gid_map", &self.gid_map)
+    }
+}
+
+/// Namespace file descriptors of a running sandbox, opened from its init's /proc entry.
+pub struct NsFds {
+    fds: Vec<(&'static str, libc::c_int, OwnedFd)>,
+}
+
+impl NsFds {
+    pub fn open(pid: i32) -> Result<NsFds> {
+        let mut fds = Vec::with_capacity(JOIN_ORDER.len());
+        for (name, flag) in JOIN_ORDER {
+            let path = format!("/proc/{pid}/ns/{name}");
+            let f = File::open(&path).map_err(|e| NsError::path(&path, e))?;
+            fds.push((*name, *flag, OwnedFd::from(f)));
+        }
+        Ok(NsFds { fds })
+    }
+
+    /// Enter every namespace (the pid namespace applies to children created afterwards).
+    /// Must run in a single-threaded process.
+    pub fn join(&self) -> Result<()> {
+        for (name, flag, fd) in &self.fds {
+            // SAFETY: setns on a namespace fd we own; the process is single-threaded.
+            if unsafe { libc::setns(fd.as_raw_fd(), *flag) } != 0 {
+                return Err(NsError::last(format!(
+                    "joining the sandbox's {name} namespace"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bring up `lo` in the current network namespace (the sandbox's only interface for now).
+pub fn loopback_up() -> Result<()> {
+    // SAFETY: plain socket creation; the fd is wrapped in OwnedFd immediately.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(NsError::last("socket for configuring lo"));
+    }
+    // SAFETY: raw is a fresh, valid fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass, which lives across the calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            return Err(NsError::last("reading the flags of lo"));
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            return Err(NsError::last("bringing up lo"));
+        }
+    }
+    Ok(())
+}
+
+/// Quick check that this host lets us create the namespaces we need, with a useful message if not.
+pub fn preflight() -> Result<()> {
+    if !Path::new("/proc/self/ns/user").exists() {
+        return Err(NsError::UserNamespaces(
+            "this kernel has no user namespaces (CONFIG_USER_NS); use a kernel that has them or --isolation vm".into(),
+        ));
+    }
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Err(NsError::UserNamespaces(userns_hint(
+            &std::io::Error::from_raw_os_error(libc::ENOSPC),
+        )));
+    }
+    Ok(())
+}

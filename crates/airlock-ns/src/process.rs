@@ -1,0 +1,295 @@
+//! Starting a command inside a sandbox: the last steps before `execve`, shared by the sandbox's
+//! first command (started by its init) and by `airlock exec`.
+//!
+//! Everything is prepared before fork ([`CommandSpec::new`]); after fork the child only makes
+//! syscalls, so the order of the steps below is the security argument:
+//! new session (no controlling terminal: TIOCSTI cannot reach the caller's terminal) → PTY →
+//! rlimits → bounding set → drop to the sandbox user → no_new_privs → cwd → every fd above 2
+//! close-on-exec → seccomp → exec.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use airlock_core::spec::SandboxSpec;
+use airlock_seccomp::SeccompProgram;
+
+use crate::caps;
+use crate::error::{NsError, Result};
+use crate::rlimits::Rlimits;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host environment variables passed through to the sandbox (plus `LC_*`).
+const ENV_ALLOWLIST: &[&str] = &["TERM", "LANG", "LANGUAGE", "TZ", "COLORTERM", "NO_COLOR"];
+
+pub struct CommandSpec {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    path_dirs: Vec<Vec<u8>>,
+    workdir: CString,
+    uid: u32,
+    gid: u32,
+    set_groups: bool,
+    tty: bool,
+    rlimits: Rlimits,
+    host_exe: Option<OwnedFd>,
+}
+
+fn cstring(s: impl AsRef<[u8]>) -> Result<CString> {
+    CString::new(s.as_ref().to_vec())
+        .map_err(|_| NsError::Setup("an argument or variable contains a NUL byte".into()))
+}
+
+/// The environment of a sandboxed command: a fresh one, never the host's.
+pub fn sandbox_env(
+    spec: &SandboxSpec,
+    extra: &[(String, String)],
+    tty: bool,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), spec.user.home.display().to_string()),
+        ("USER".into(), spec.user.name.clone()),
+        ("LOGNAME".into(), spec.user.name.clone()),
+        ("SHELL".into(), spec.user.shell.display().to_string()),
+        ("HOSTNAME".into(), spec.name.clone()),
+        ("AIRLOCK_SANDBOX".into(), spec.name.clone()),
+    ];
+    for (k, v) in std::env::vars() {
+        if ENV_ALLOWLIST.contains(&k.as_str()) || k.starts_with("LC_") {
+            env.push((k, v));
+        }
+    }
+    if tty && !env.iter().any(|(k, _)| k == "TERM") {
+        env.push(("TERM".into(), "xterm-256color".into()));
+    }
+    for (k, v) in spec.env.iter().chain(extra) {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+impl CommandSpec {
+    pub fn new(
+        spec: &SandboxSpec,
+        argv: &[String],
+        extra_env: &[(String, String)],
+        workdir: &Path,
+        tty: bool,
+        rlimits: Rlimits,
+        host_exe: Option<&Path>,
+    ) -> Result<CommandSpec> {
+        let argv: Vec<String> = if argv.is_empty() {
+            vec![spec.user.shell.display().to_string(), "-l".into()]
+        } else {
+            argv.to_vec()
+        };
+        let env = sandbox_env(spec, extra_env, tty);
+        let path = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        let host_exe = match host_exe {
+            Some(p) => {
+                let c = cstring(p.as_os_str().as_bytes())?;
+                // SAFETY: open with a valid path; the fd is owned immediately.
+                let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return Err(NsError::path(p, std::io::Error::last_os_error()));
+                }
+                // SAFETY: fd is fresh and owned by nobody else.
+                Some(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+            None => None,
+        };
+        Ok(CommandSpec {
+            argv: argv.iter().map(cstring).collect::<Result<_>>()?,
+            env: env
+                .iter()
+                .map(|(k, v)| cstring(format!("{k}={v}")))
+                .collect::<Result<_>>()?,
+            path_dirs: path
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.as_bytes().to_vec())
+                .collect(),
+            workdir: cstring(workdir.as_os_str().as_bytes())?,
+            uid: spec.user.uid,
+            gid: spec.user.gid,
+            set_groups: spec.user.uid == 0,
+            tty,
+            rlimits,
+            host_exe,
+        })
+    }
+
+    pub fn tty(&self) -> bool {
+        self.tty
+    }
+
+    /// Become the command. Runs in a freshly forked, single-threaded child that is already in all
+    /// of the sandbox's namespaces. `pty_sock` carries the PTY master to the caller when `tty`.
+    pub fn exec(&self, seccomp: &SeccompProgram, pty_sock: Option<RawFd>) -> ! {
+        let code = match self.prepare(seccomp, pty_sock) {
+            Ok(()) => self.execute(),
+            Err((code, msg)) => {
+                die(&msg);
+                code
+            }
+        };
+        // SAFETY: _exit is always safe; it skips destructors of the forked copy of our state.
+        unsafe { libc::_exit(code) }
+    }
+
+    fn prepare(
+        &self,
+        seccomp: &SeccompProgram,
+        pty_sock: Option<RawFd>,
+    ) -> std::result::Result<(), (i32, String)> {
+        let fail = |what: &str| (126, format!("{what}: {}", std::io::Error::last_os_error()));
+        // SAFETY: the calls below only take integers or pointers to locals that outlive them.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            for sig in 1..libc::SIGRTMAX() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            if libc::setsid() < 0 {
+                return Err(fail("setsid"));
+            }
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+        }
+        if self.tty {
+            let sock = pty_sock.ok_or((126, "internal: no PTY channel".to_string()))?;
+            crate::pty::open_and_hand_over(sock)
+                .map_err(|e| (126, format!("allocating a terminal: {e}")))?;
+        }
+        self.rlimits
+            .apply()
+            .map_err(|e| (126, format!("setting rlimits: {e}")))?;
+        caps::restrict_bounding_set()
+            .map_err(|e| (126, format!("restricting capabilities: {e}")))?;
+        // SAFETY: credential syscalls with integer arguments / a pointer to a local.
+        unsafe {
+            if self.set_groups {
+                let g = self.gid;
+                if libc::setgroups(1, &g) != 0 {
+                    return Err(fail("setgroups"));
+                }
+            }
+            if libc::setresgid(self.gid, self.gid, self.gid) != 0 {
+                return Err(fail("setresgid"));
+            }
+            if libc::setresuid(self.uid, self.uid, self.uid) != 0 {
+                return Err(fail("setresuid"));
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(fail("no_new_privs"));
+            }
+            if libc::chdir(self.workdir.as_ptr()) != 0 {
+                return Err((
+                    126,
+                    format!(
+                        "working directory {}: {}",
+                        self.workdir.to_string_lossy(),
+                        std::io::Error::last_os_error()
+                    ),
+                ));
+            }
+            // Every descriptor above stderr is closed at exec: nothing of the host leaks in.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                return Err(fail("close_range"));
+            }
+        }
+        seccomp
+            .apply()
+            .map_err(|e| (126, format!("installing the seccomp filter: {e}")))?;
+        Ok(())
+    }
+
+    fn execute(&self) -> i32 {
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        if let Some(fd) = &self.host_exe {
+            // SAFETY: argv/envp are NULL-terminated arrays of valid strings that outlive the call.
+            unsafe {
+                libc::execveat(
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    argv.as_ptr() as *const *mut libc::c_char,
+                    envp.as_ptr() as *const *mut libc::c_char,
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            die(&format!(
+                "cannot execute the probe: {}",
+                std::io::Error::last_os_error()
+            ));
+            return 126;
+        }
+        let name = self.argv[0].as_bytes();
+        let mut last_err = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let candidates: Vec<CString> = if name.contains(&b'/') {
+            vec![self.argv[0].clone()]
+        } else {
+            self.path_dirs
+                .iter()
+                .filter_map(|d| {
+                    let mut p = d.clone();
+                    p.push(b'/');
+                    p.extend_from_slice(name);
+                    CString::new(p).ok()
+                })
+                .collect()
+        };
+        for c in &candidates {
+            // SAFETY: as above.
+            unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+                || last_err.raw_os_error() == Some(libc::ENOENT)
+            {
+                last_err = e;
+            }
+        }
+        let code = if last_err.raw_os_error() == Some(libc::ENOENT) {
+            127
+        } else {
+            126
+        };
+        die(&format!(
+            "cannot run {:?} in the sandbox: {last_err}",
+            self.argv[0]
+        ));
+        code
+    }
+}
+
+/// Write an error to stderr without allocating more than needed.
+fn die(msg: &str) {
+    let line = format!("airlock: {msg}\n");
+    // SAFETY: writing a valid buffer to fd 2.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}

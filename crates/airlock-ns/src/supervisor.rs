@@ -1,0 +1,725 @@
+//! The host side of a sandbox: creating it (clone, id maps, cgroup), supervising its first
+//! command or keeping it running detached, joining it for `exec`, and stopping it.
+//!
+//! Process model:
+//! ```text
+//! airlock run            (supervisor: relays the PTY, forwards signals, enforces --timeout)
+//!  └─ init  [PID 1 in the sandbox; dies with the supervisor]
+//!      └─ the command
+//! airlock start → airlock (detached supervisor) └─ init
+//! airlock exec  → (joins the namespaces)        └─ the command [in the sandbox's pid namespace]
+//! ```
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use airlock_core::backend::{ExecRequest, Outcome};
+use airlock_core::spec::{RuntimeState, SandboxSpec, now_secs};
+use airlock_core::store::{Store, process_is, process_start_ticks};
+use airlock_seccomp::SeccompProgram;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::cgroups::{self, Cgroup, Placement};
+use crate::error::{NsError, Result};
+use crate::init::{self, MSG_ERROR, MSG_GO, MSG_READY};
+use crate::layers::Layers;
+use crate::mounts::MountPlan;
+use crate::namespaces::{self, IdMap, NsFds, SANDBOX_CLONE_FLAGS};
+use crate::process::CommandSpec;
+use crate::pty;
+use crate::rlimits::Rlimits;
+
+/// Signals the supervisor handles through a signalfd (blocked before any fork, so children
+/// inherit them blocked: init waits for them, commands unblock them before exec).
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+fn signal_fd() -> Result<SignalFd> {
+    let set = handled_signals();
+    set.thread_block()
+        .map_err(|e| NsError::sys("blocking signals", e.into()))?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| NsError::sys("signalfd", e.into()))
+}
+
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the two-element array we pass.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(NsError::last("socketpair"));
+    }
+    // SAFETY: both fds are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn recv(sock: RawFd, buf: &mut [u8]) -> usize {
+    loop {
+        // SAFETY: receiving into a valid buffer.
+        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return n.max(0) as usize;
+    }
+}
+
+/// How limits are enforced for a sandbox on this host.
+pub struct Enforcement {
+    pub cgroup: Option<Cgroup>,
+    pub rlimits: Rlimits,
+    pub description: String,
+}
+
+fn enforcement(spec: &SandboxSpec) -> Enforcement {
+    let h = cgroups::detect();
+    match cgroups::create(&h, &spec.name, &spec.limits) {
+        Placement::Cgroup(cg) => Enforcement {
+            description: format!("cgroup v{}", cg.version),
+            cgroup: Some(cg),
+            rlimits: Rlimits::default(),
+        },
+        Placement::Unavailable(why) => Enforcement {
+            cgroup: None,
+            rlimits: Rlimits::fallback(&spec.limits, false),
+            description: format!("rlimits ({why})"),
+        },
+    }
+}
+
+/// Rlimits of a running sandbox, for processes joining it.
+fn rlimits_of(spec: &SandboxSpec, state: &RuntimeState) -> Rlimits {
+    Rlimits::fallback(&spec.limits, !state.cgroups.is_empty())
+}
+
+pub struct Booted {
+    pub init_pid: i32,
+    pub sock: OwnedFd,
+    pub enforcement: Enforcement,
+    pub system_mode: String,
+}
+
+/// Create the sandbox's namespaces and init. `main` becomes the first command.
+fn boot(
+    store: &Store,
+    spec: &SandboxSpec,
+    seccomp: &SeccompProgram,
+    enforcement: Enforcement,
+    main: Option<&CommandSpec>,
+) -> Result<Booted> {
+    // SAFETY: geteuid/getegid cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let idmap = IdMap::for_invoker(euid, egid);
+    let runtime = store.runtime_dir(&spec.name);
+    let root = runtime.join("root");
+    std::fs::create_dir_all(&root).map_err(|e| NsError::path(&root, e))?;
+    let layers = Layers::new(&store.paths.sandbox_dir(&spec.name));
+    let state_dirs = [store.paths.data.clone(), store.paths.runtime.clone()];
+    let plan = MountPlan::for_sandbox(spec, layers, root, idmap.full_range, &state_dirs);
+    let system_mode = if idmap.full_range {
+        "cow".to_string()
+    } else {
+        "ro (rootless: the host's system files belong to ids that cannot be mapped; install into $HOME, or run as root or with --isolation vm for a writable system)".to_string()
+    };
+    let (parent_sock, child_sock) = seqpacket_pair()?;
+
+    let pid = match namespaces::clone_process(SANDBOX_CLONE_FLAGS) {
+        Ok(0) => {
+            drop(parent_sock);
+            init::run(child_sock.as_raw_fd(), &plan, &spec.name, seccomp, main)
+        }
+        Ok(pid) => pid,
+        Err(e) => {
+            if let Some(cg) = &enforcement.cgroup {
+                cgroups::remove(cg);
+            }
+            return Err(e);
+        }
+    };
+    drop(child_sock);
+    let fail = |e: NsError| {
+        // SAFETY: killing and reaping the child we just created.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        if let Some(cg) = &enforcement.cgroup {
+            cgroups::remove(cg);
+        }
+        e
+    };
+    if let Err(e) = idmap.write(pid) {
+        return Err(fail(e));
+    }
+    if let Some(cg) = &enforcement.cgroup
+        && let Err(e) = cg.attach(pid)
+    {
+        return Err(fail(e));
+    }
+    // SAFETY: sending one byte on our end of the channel.
+    unsafe {
+        libc::send(
+            parent_sock.as_raw_fd(),
+            [MSG_GO].as_ptr().cast(),
+            1,
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    let mut buf = vec![0u8; 4096];
+    let n = recv(parent_sock.as_raw_fd(), &mut buf);
+    match buf.first() {
+        Some(&MSG_READY) if n >= 1 => Ok(Booted {
+            init_pid: pid,
+            sock: parent_sock,
+            enforcement,
+            system_mode,
+        }),
+        Some(&MSG_ERROR) if n >= 1 => {
+            let msg = String::from_utf8_lossy(&buf[1..n]).into_owned();
+            Err(fail(NsError::Setup(msg)))
+        }
+        _ => Err(fail(NsError::Setup(
+            "the sandbox's init exited during setup".into(),
+        ))),
+    }
+}
+
+fn runtime_state(booted: &Booted) -> RuntimeState {
+    let me = std::process::id() as i32;
+    RuntimeState {
+        init_pid: booted.init_pid,
+        init_start_ticks: process_start_ticks(booted.init_pid).unwrap_or(0),
+        supervisor_pid: me,
+        supervisor_start_ticks: process_start_ticks(me).unwrap_or(0),
+        started_at: now_secs(),
+        limits_enforcement: booted.enforcement.description.clone(),
+        cgroups: booted
+            .enforcement
+            .cgroup
+            .as_ref()
+            .map(|c| c.dirs.clone())
+            .unwrap_or_default(),
+        system_mode: booted.system_mode.clone(),
+    }
+}
+
+fn finish(store: &Store, spec: &SandboxSpec, booted: &Booted) {
+    if let Some(cg) = &booted.enforcement.cgroup {
+        cgroups::remove(cg);
+    }
+    let _ = store.clear_runtime(&spec.name);
+    let _ = std::fs::remove_dir(store.runtime_dir(&spec.name).join("root"));
+}
+
+fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    }
+}
+
+/// Wait for `child` (our own child process) to end, relaying the PTY and forwarding signals to
+/// `forward_to`. At `deadline` the sandbox is killed through `kill_on_timeout`.
+fn supervise(
+    sigfd: &mut SignalFd,
+    child: i32,
+    forward_to: i32,
+    pty_master: Option<OwnedFd>,
+    deadline: Option<Instant>,
+    kill_on_timeout: i32,
+) -> Outcome {
+    let _raw = pty_master.as_ref().and_then(|_| pty::RawMode::enter(0));
+    if let Some(m) = &pty_master {
+        // SAFETY: fcntl on our own fd.
+        unsafe { libc::fcntl(m.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    }
+    let mut stdin_open = pty_master.is_some();
+    let mut master_open = pty_master.is_some();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut timed_out = false;
+    loop {
+        let mut fds = vec![libc::pollfd {
+            fd: sigfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(m) = &pty_master {
+            fds.push(libc::pollfd {
+                fd: if master_open { m.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.push(libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = match deadline {
+            Some(d) if !timed_out => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+            _ => -1,
+        };
+        // SAFETY: polling an array of pollfds that lives across the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n == 0 && deadline.is_some() && !timed_out {
+            timed_out = true;
+            // SAFETY: killing the sandbox's init (our child) or command.
+            unsafe { libc::kill(kill_on_timeout, libc::SIGKILL) };
+            continue;
+        }
+        if n < 0 {
+            continue;
+        }
+        if let Some(m) = &pty_master {
+            if fds[1].revents != 0 {
+                // SAFETY: reading into a valid buffer from our fd.
+                let r = unsafe { libc::read(m.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if r > 0 {
+                    pty::write_all(1, &buf[..r as usize]);
+                } else if r == 0
+                    || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
+                {
+                    master_open = false;
+                }
+            }
+            if fds[2].revents != 0 {
+                // SAFETY: as above.
+                let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+                if r > 0 {
+                    pty::write_all(m.as_raw_fd(), &buf[..r as usize]);
+                } else {
+                    stdin_open = false;
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            while let Ok(Some(info)) = sigfd.read_signal() {
+                let sig = info.ssi_signo as libc::c_int;
+                if sig == libc::SIGCHLD {
+                    continue;
+                }
+                if sig == libc::SIGWINCH {
+                    if let Some(m) = &pty_master {
+                        pty::copy_winsize(0, m.as_raw_fd());
+                    }
+                    continue;
+                }
+                // SAFETY: forwarding a signal to the process we supervise.
+                unsafe { libc::kill(forward_to, sig) };
+            }
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+                if let Some(m) = &pty_master {
+                    drain(m.as_raw_fd(), &mut buf);
+                }
+                return if timed_out {
+                    Outcome::TimedOut
+                } else {
+                    Outcome::Exited(exit_code(status))
+                };
+            }
+        }
+    }
+}
+
+/// Copy what is left in the PTY after the command ended.
+fn drain(master: RawFd, buf: &mut [u8]) {
+    loop {
+        // SAFETY: reading into a valid buffer from our non-blocking fd.
+        let r = unsafe { libc::read(master, buf.as_mut_ptr().cast(), buf.len()) };
+        if r <= 0 {
+            return;
+        }
+        pty::write_all(1, &buf[..r as usize]);
+    }
+}
+
+/// Receive the PTY master from a command starting inside, size it, and let the command go on.
+fn accept_pty(sock: RawFd) -> Result<OwnedFd> {
+    let master = pty::recv_fd(sock)
+        .map_err(|e| NsError::sys("receiving the terminal", e))?
+        .ok_or_else(|| NsError::Setup("the command ended before its terminal was set up".into()))?;
+    pty::copy_winsize(0, master.as_raw_fd());
+    // SAFETY: one byte on our end of the channel.
+    unsafe { libc::send(sock, b"A".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+    Ok(master)
+}
+
+/// `airlock run`: start the sandbox with `req` as its first command and supervise it here.
+pub fn run_foreground(
+    store: &Store,
+    spec: &SandboxSpec,
+    req: &ExecRequest,
+    on_ready: &mut dyn FnMut(),
+) -> Result<Outcome> {
+    let seccomp = SeccompProgram::compile_default()?;
+    let workdir = req
+        .workdir
+        .clone()
+        .unwrap_or_else(|| spec.workspace.clone());
+    let mut sigfd = signal_fd()?;
+    let enforcement = enforcement(spec);
+    let cmd = match CommandSpec::new(
+        spec,
+        &req.argv,
+        &req.env,
+        &workdir,
+        req.tty,
+        enforcement.rlimits,
+        req.host_executable.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(cg) = &enforcement.cgroup {
+                cgroups::remove(cg);
+            }
+            return Err(e);
+        }
+    };
+    let booted = boot(store, spec, &seccomp, enforcement, Some(&cmd));
+    let booted = match booted {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir(store.runtime_dir(&spec.name).join("root"));
+            return Err(e);
+        }
+    };
+    let _ = store.write_runtime(&spec.name, &runtime_state(&booted));
+    on_ready();
+    let master = if req.tty {
+        Some(accept_pty(booted.sock.as_raw_fd())?)
+    } else {
+        None
+    };
+    let deadline = spec
+        .limits
+        .timeout_secs
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let outcome = supervise(
+        &mut sigfd,
+        booted.init_pid,
+        booted.init_pid,
+        master,
+        deadline,
+        booted.init_pid,
+    );
+    finish(store, spec, &booted);
+    Ok(outcome)
+}
+
+/// `airlock start`: start the sandbox under a detached supervisor and return once it runs.
+pub fn start_detached(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
+    let seccomp = SeccompProgram::compile_default()?;
+    let (report_r, report_w) = seqpacket_pair()?;
+    let log = store.runtime_dir(&spec.name).join("supervisor.log");
+    std::fs::create_dir_all(store.runtime_dir(&spec.name))
+        .map_err(|e| NsError::path(store.runtime_dir(&spec.name), e))?;
+    match namespaces::clone_process(0)? {
+        0 => {
+            drop(report_r);
+            let code = supervisor_main(store, spec, &seccomp, report_w, &log);
+            // SAFETY: ending the forked supervisor.
+            unsafe { libc::_exit(code) }
+        }
+        pid => {
+            drop(report_w);
+            let mut buf = vec![0u8; 4096];
+            let n = recv(report_r.as_raw_fd(), &mut buf);
+            // The supervisor stays alive (reparented once we exit); reap it only if it failed.
+            if n >= 1 && buf[0] == MSG_READY {
+                store.read_runtime(&spec.name)?.ok_or_else(|| {
+                    NsError::Setup("the supervisor did not record the sandbox's state".into())
+                })
+            } else {
+                // SAFETY: reaping the failed supervisor, our child.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                let msg = if n > 1 {
+                    String::from_utf8_lossy(&buf[1..n]).into_owned()
+                } else {
+                    format!("the supervisor exited; see {}", log.display())
+                };
+                Err(NsError::Setup(msg))
+            }
+        }
+    }
+}
+
+fn supervisor_main(
+    store: &Store,
+    spec: &SandboxSpec,
+    seccomp: &SeccompProgram,
+    report: OwnedFd,
+    log: &PathBuf,
+) -> i32 {
+    // SAFETY: detaching from the caller's session and stdio.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        libc::dup2(null, 0);
+        libc::dup2(null, 1);
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+    let send_report = |msg: &[u8]| {
+        // SAFETY: a message on our end of the report channel.
+        unsafe {
+            libc::send(
+                report.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+    };
+    let mut sigfd = match signal_fd() {
+        Ok(s) => s,
+        Err(e) => {
+            send_report(format!("E{e}").as_bytes());
+            return 1;
+        }
+    };
+    let booted = match boot(store, spec, seccomp, enforcement(spec), None) {
+        Ok(b) => b,
+        Err(e) => {
+            send_report(format!("E{e}").as_bytes());
+            return 1;
+        }
+    };
+    if let Err(e) = store.write_runtime(&spec.name, &runtime_state(&booted)) {
+        // SAFETY: killing our own child, the init.
+        unsafe { libc::kill(booted.init_pid, libc::SIGKILL) };
+        send_report(format!("E{e}").as_bytes());
+        return 1;
+    }
+    send_report(&[MSG_READY]);
+    drop(report);
+    let deadline = spec
+        .limits
+        .timeout_secs
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    supervise(
+        &mut sigfd,
+        booted.init_pid,
+        booted.init_pid,
+        None,
+        deadline,
+        booted.init_pid,
+    );
+    finish(store, spec, &booted);
+    0
+}
+
+/// `airlock exec`: run a command in a running sandbox with the caller's stdio or a PTY.
+pub fn exec(
+    store: &Store,
+    spec: &SandboxSpec,
+    state: &RuntimeState,
+    req: &ExecRequest,
+) -> Result<i32> {
+    let _ = store;
+    if !process_is(state.init_pid, state.init_start_ticks) {
+        return Err(NsError::NotRunning(spec.name.clone()));
+    }
+    let nsfds = NsFds::open(state.init_pid)?;
+    // The fds pin the namespaces; make sure they belong to the process we meant (no pid reuse).
+    if !process_is(state.init_pid, state.init_start_ticks) {
+        return Err(NsError::NotRunning(spec.name.clone()));
+    }
+    let cgroup_procs: Vec<std::fs::File> = state
+        .cgroups
+        .iter()
+        .map(|d| {
+            let p = d.join("cgroup.procs");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(|e| NsError::path(&p, e))
+        })
+        .collect::<Result<_>>()?;
+    let seccomp = SeccompProgram::compile_default()?;
+    let workdir = req
+        .workdir
+        .clone()
+        .unwrap_or_else(|| spec.workspace.clone());
+    let cmd = CommandSpec::new(
+        spec,
+        &req.argv,
+        &req.env,
+        &workdir,
+        req.tty,
+        rlimits_of(spec, state),
+        req.host_executable.as_deref(),
+    )?;
+    let (parent_sock, child_sock) = seqpacket_pair()?;
+    let mut sigfd = signal_fd()?;
+
+    let intermediate = namespaces::clone_process(0)?;
+    if intermediate == 0 {
+        drop(parent_sock);
+        let fail = |msg: String| -> ! {
+            let m = format!("E{msg}");
+            // SAFETY: reporting on our channel, then exiting the forked child.
+            unsafe {
+                libc::send(
+                    child_sock.as_raw_fd(),
+                    m.as_ptr().cast(),
+                    m.len(),
+                    libc::MSG_NOSIGNAL,
+                );
+                libc::_exit(1)
+            }
+        };
+        for f in &cgroup_procs {
+            use std::io::Write;
+            if let Err(e) = (&*f).write_all(b"0") {
+                fail(format!("joining the sandbox's cgroup: {e}"));
+            }
+        }
+        if let Err(e) = nsfds.join() {
+            fail(e.to_string());
+        }
+        match namespaces::clone_process(libc::CLONE_PARENT) {
+            Ok(0) => cmd.exec(&seccomp, Some(child_sock.as_raw_fd())),
+            Ok(pid) => {
+                let m = format!("p{pid}");
+                // SAFETY: reporting the command's pid, then exiting.
+                unsafe {
+                    libc::send(
+                        child_sock.as_raw_fd(),
+                        m.as_ptr().cast(),
+                        m.len(),
+                        libc::MSG_NOSIGNAL,
+                    );
+                    libc::_exit(0)
+                }
+            }
+            Err(e) => fail(format!("starting the command: {e}")),
+        }
+    }
+    drop(child_sock);
+    drop(nsfds);
+    drop(cgroup_procs);
+    // The intermediate reports the command's pid (or an error) and exits.
+    let mut buf = vec![0u8; 4096];
+    let n = recv(parent_sock.as_raw_fd(), &mut buf);
+    // SAFETY: reaping the intermediate, our child.
+    unsafe { libc::waitpid(intermediate, std::ptr::null_mut(), 0) };
+    let pid: i32 = match buf.first() {
+        Some(b'p') => std::str::from_utf8(&buf[1..n])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        Some(b'E') => {
+            return Err(NsError::Setup(
+                String::from_utf8_lossy(&buf[1..n]).into_owned(),
+            ));
+        }
+        _ => 0,
+    };
+    if pid <= 0 {
+        return Err(NsError::Setup(
+            "could not start the command in the sandbox".into(),
+        ));
+    }
+    let master = if req.tty {
+        Some(accept_pty(parent_sock.as_raw_fd())?)
+    } else {
+        None
+    };
+    match supervise(&mut sigfd, pid, pid, master, None, pid) {
+        Outcome::Exited(c) => Ok(c),
+        Outcome::TimedOut => Ok(124),
+    }
+}
+
+/// `airlock stop`: TERM the sandbox's init (which TERMs everything inside), KILL after `grace`.
+pub fn stop(state: &RuntimeState, grace: Duration) -> Result<()> {
+    if !process_is(state.init_pid, state.init_start_ticks) {
+        return Ok(());
+    }
+    // SAFETY: signalling the init we recorded, checked against its start time just above.
+    unsafe { libc::kill(state.init_pid, libc::SIGTERM) };
+    if !wait_gone(state.init_pid, state.init_start_ticks, grace) {
+        if process_is(state.init_pid, state.init_start_ticks) {
+            // SAFETY: as above.
+            unsafe { libc::kill(state.init_pid, libc::SIGKILL) };
+        }
+        wait_gone(
+            state.init_pid,
+            state.init_start_ticks,
+            Duration::from_secs(5),
+        );
+    }
+    // The supervisor cleans up (cgroups, runtime state) once its init is gone.
+    wait_gone(
+        state.supervisor_pid,
+        state.supervisor_start_ticks,
+        Duration::from_secs(5),
+    );
+    Ok(())
+}
+
+/// Wait until process `pid` (started at `ticks`) is gone, up to `limit`.
+pub fn wait_gone(pid: i32, ticks: u64, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    // SAFETY: pidfd_open on a pid; the fd (if any) is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    let pidfd = (fd >= 0).then(|| {
+        // SAFETY: fresh fd owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    while process_is(pid, ticks) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match &pidfd {
+            Some(p) => {
+                let mut pfd = libc::pollfd {
+                    fd: p.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: polling one pollfd on the stack.
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(100) as i32) };
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    true
+}

@@ -1,0 +1,77 @@
+//! Dispatch and error reporting.
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::{commands, exit, ui};
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        Failure {
+            code: code_for(&error),
+            error,
+        }
+    }
+}
+
+pub fn fail(code: i32, msg: impl std::fmt::Display) -> Failure {
+    Failure {
+        code,
+        error: anyhow::anyhow!("{msg}"),
+    }
+}
+
+fn code_for(e: &anyhow::Error) -> i32 {
+    use airlock_core::CoreError;
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<CoreError>() {
+            return match c {
+                CoreError::NotFound(_) => exit::NOT_FOUND,
+                CoreError::AlreadyExists(_) => exit::CONFLICT,
+                CoreError::InvalidName { .. } | CoreError::InvalidValue { .. } => exit::USAGE,
+                _ => exit::FAILURE,
+            };
+        }
+    }
+    exit::FAILURE
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => commands::lifecycle::run(a),
+        Command::Create(a) => commands::lifecycle::create(a),
+        Command::Start { name } => commands::lifecycle::start(&name),
+        Command::Stop { name, time } => commands::lifecycle::stop(&name, time),
+        Command::Rm { names, force } => commands::lifecycle::rm(&names, force),
+        Command::Exec(a) => commands::lifecycle::exec(a),
+        Command::Shell { name } => commands::lifecycle::shell(&name),
+        Command::Ls { json } => commands::info::ls(json),
+        Command::Inspect { name, json } => commands::info::inspect(&name, json),
+        Command::Gc { json } => commands::info::gc(json),
+        Command::Completions { shell } => commands::info::completions(shell),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            let mut msg = f.error.to_string();
+            for cause in f.error.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            ui::error(&msg);
+            f.code
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The command-line surface. Names and flags are a contract (tests and scripts rely on them).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Quick start:
+  airlock run                         # a shell in a sandbox of the current directory
+  airlock run --rm -- make test       # one command, then throw the sandbox away
+  airlock run --name dev -- npm ci    # a named sandbox that keeps its state
+  airlock exec dev -- npm test        # run more in it
+  airlock rm dev                      # delete it and everything in it
+
+The agent sees the project at its host path (copy-on-write by default: the host copy is not
+modified), a private home, and nothing else of the host. See `airlock COMMAND --help`.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Give an AI coding agent its own disposable system",
+    long_about = "Airlock runs a command (typically a coding agent) in a sandbox: the project at the same path, \
+copy-on-write; its own processes, users, network and hostname; no host secrets, sockets or other files; \
+resource limits; and a lifecycle to keep, inspect or throw the whole thing away.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a sandbox for the workspace and run a command in it (default: your login shell)
+    #[command(after_help = "Examples:
+  airlock run                               # interactive shell, sandbox kept afterwards
+  airlock run --rm -- cargo test            # one-shot: deleted when the command exits
+  airlock run --name dev --memory 4g -- bash
+  airlock run --workspace-mode ro -- grep -r TODO .
+
+Exit status: the command's own, 128+N when it was killed by signal N, 124 when --timeout
+expired, 125 when Airlock itself failed before the command ran.")]
+    Run(RunArgs),
+
+    /// Create a named sandbox without starting it
+    #[command(
+        after_help = "Example:\n  airlock create --name dev --memory 4g --pids 512\n  airlock exec dev -- make"
+    )]
+    Create(CreateArgs),
+
+    /// Start a stopped sandbox in the background (keeps its writable layers)
+    #[command(after_help = "Example:\n  airlock start dev && airlock exec dev -- make")]
+    Start { name: String },
+
+    /// Stop a running sandbox: TERM everything inside, KILL after the grace period
+    #[command(
+        after_help = "Example:\n  airlock stop dev            # its files, home and installed packages are kept"
+    )]
+    Stop {
+        name: String,
+        /// Seconds to wait after TERM before KILL
+        #[arg(long, short = 't', default_value_t = 10)]
+        time: u64,
+    },
+
+    /// Delete sandboxes and everything in them (processes, mounts, cgroups, layers, state)
+    #[command(
+        after_help = "Example:\n  airlock rm dev scratch\n  airlock rm --force dev      # even if it is running"
+    )]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop running sandboxes first instead of refusing
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+
+    /// Run a command in a sandbox (starting it if it is stopped)
+    #[command(after_help = "Examples:
+  airlock exec dev -- npm test
+  airlock exec -t dev -- htop
+  airlock exec -e DEBUG=1 -w /tmp dev -- ls")]
+    Exec(ExecArgs),
+
+    /// Open an interactive login shell in a sandbox
+    #[command(after_help = "Example:\n  airlock shell dev")]
+    Shell { name: String },
+
+    /// List sandboxes
+    #[command(after_help = "Example:\n  airlock ls\n  airlock ls --json | jq '.[].name'")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Show everything about a sandbox: state, workspace, mode, limits, pids, disk use
+    #[command(after_help = "Example:\n  airlock inspect dev --json")]
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Clean up what crashed sandboxes left behind, and say what was removed
+    #[command(after_help = "Example:\n  airlock gc")]
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Print shell completions
+    #[command(
+        after_help = "Example:\n  airlock completions bash > ~/.local/share/bash-completion/completions/airlock"
+    )]
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ModeArg {
+    Cow,
+    Rw,
+    Ro,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum IsolationArg {
+    Namespace,
+    Vm,
+}
+
+/// Options shared by `run` and `create`.
+#[derive(Debug, Args, Clone)]
+pub struct SandboxOpts {
+    /// The project directory the agent works on [default: the current directory]
+    #[arg(long, short = 'W', value_name = "PATH")]
+    pub workspace: Option<PathBuf>,
+
+    /// How the workspace is mounted: cow (copy-on-write: host untouched), rw (live), ro
+    #[arg(long, value_enum, default_value = "cow", value_name = "MODE")]
+    pub workspace_mode: ModeArg,
+
+    /// Isolation tier: namespace (fast, shares the host kernel) or vm (own kernel)
+    #[arg(long, value_enum, default_value = "namespace")]
+    pub isolation: IsolationArg,
+
+    /// CPU limit, e.g. 2 or 0.5
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+
+    /// Memory limit, e.g. 512m or 4g
+    #[arg(long, short = 'm', value_name = "SIZE")]
+    pub memory: Option<String>,
+
+    /// Maximum number of processes and threads [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+
+    /// Kill the sandbox after this long, e.g. 30s, 10m, 2h
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+
+    /// Set an environment variable inside (KEY=VALUE, or KEY to copy it from here)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Read environment variables from a file of KEY=VALUE lines
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name of the sandbox: created if new, reused if it exists [default: a generated name]
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Delete the sandbox when the command exits
+    #[arg(long)]
+    pub rm: bool,
+
+    /// Do not allocate a terminal even if stdin is one
+    #[arg(long, short = 'T')]
+    pub no_tty: bool,
+
+    #[command(flatten)]
+    pub opts: SandboxOpts,
+
+    /// The command and its arguments (after --)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[arg(long, required = true)]
+    pub name: String,
+
+    #[command(flatten)]
+    pub opts: SandboxOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Allocate a terminal (window size and signals are forwarded)
+    #[arg(long, short = 't')]
+    pub tty: bool,
+
+    /// Set an environment variable for this command
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Working directory inside [default: the workspace]
+    #[arg(long = "workdir", short = 'w', value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+
+    pub name: String,
+
+    /// The command and its arguments (after --)
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,446 @@
+//! run, create, start, stop, rm, exec, shell.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_core::backend::{Backend, ExecRequest, Outcome, is_running};
+use airlock_core::spec::{Isolation, Limits, SandboxSpec, WorkspaceMode, now_secs};
+use airlock_core::store::Store;
+use airlock_core::units;
+use anyhow::Context;
+
+use super::backend;
+use crate::app::{Failure, fail};
+use crate::cli::{CreateArgs, ExecArgs, IsolationArg, ModeArg, RunArgs, SandboxOpts};
+use crate::{exit, ui, user};
+
+/// Default cap on processes + threads: a fork bomb stops here.
+const DEFAULT_PIDS: u64 = 4096;
+
+fn parse_env(items: &[String], files: &[PathBuf]) -> Result<Vec<(String, String)>, Failure> {
+    let mut out = Vec::new();
+    let mut push = |k: &str, v: String, origin: &str| -> Result<(), Failure> {
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return Err(fail(
+                exit::USAGE,
+                format!("invalid environment variable {origin}: expected KEY=VALUE"),
+            ));
+        }
+        out.push((k.to_string(), v));
+        Ok(())
+    };
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| fail(exit::USAGE, format!("--env-file {}: {e}", f.display())))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let (k, v) = line.split_once('=').ok_or_else(|| {
+                fail(
+                    exit::USAGE,
+                    format!(
+                        "--env-file {} line {}: expected KEY=VALUE",
+                        f.display(),
+                        i + 1
+                    ),
+                )
+            })?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+                .unwrap_or(v);
+            push(
+                k.trim(),
+                v.to_string(),
+                &format!("in {} line {}", f.display(), i + 1),
+            )?;
+        }
+    }
+    for item in items {
+        match item.split_once('=') {
+            Some((k, v)) => push(k, v.to_string(), &format!("{item:?}"))?,
+            // `-e KEY` copies the variable from here, as docker does.
+            None => match std::env::var(item) {
+                Ok(v) => push(item, v, &format!("{item:?}"))?,
+                Err(_) => {
+                    return Err(fail(
+                        exit::USAGE,
+                        format!("-e {item}: no such variable here; use -e {item}=VALUE"),
+                    ));
+                }
+            },
+        }
+    }
+    Ok(out)
+}
+
+fn limits(opts: &SandboxOpts) -> Result<Limits, Failure> {
+    Ok(Limits {
+        cpus: opts.cpus.as_deref().map(units::parse_cpus).transpose()?,
+        memory_bytes: opts.memory.as_deref().map(units::parse_size).transpose()?,
+        pids: Some(match opts.pids {
+            Some(0) => return Err(fail(exit::USAGE, "--pids must be at least 1")),
+            Some(n) => n,
+            None => DEFAULT_PIDS,
+        }),
+        timeout_secs: opts
+            .timeout
+            .as_deref()
+            .map(units::parse_duration)
+            .transpose()?
+            .map(|d| d.as_secs_f64()),
+    })
+}
+
+/// The workspace must exist, and must not expose what the sandbox exists to hide.
+fn workspace(opts: &SandboxOpts, store: &Store, home: &Path) -> Result<PathBuf, Failure> {
+    let raw = match &opts.workspace {
+        Some(p) => p.clone(),
+        None => std::env::current_dir()
+            .context("cannot read the current directory; pass --workspace PATH")?,
+    };
+    let ws = std::fs::canonicalize(&raw).map_err(|e| {
+        fail(
+            exit::USAGE,
+            format!(
+                "workspace {}: {e}; pass an existing directory with --workspace",
+                raw.display()
+            ),
+        )
+    })?;
+    if !ws.is_dir() {
+        return Err(fail(
+            exit::USAGE,
+            format!("workspace {} is not a directory", ws.display()),
+        ));
+    }
+    let refuse = |why: String| {
+        Err(fail(
+            exit::USAGE,
+            format!("refusing workspace {}: {why}", ws.display()),
+        ))
+    };
+    if ws == Path::new("/") {
+        return refuse("it is the whole filesystem; run airlock from a project directory or pass --workspace DIR".into());
+    }
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    if home.starts_with(&ws) {
+        return refuse(format!(
+            "it contains your home directory ({}), so the agent would see ~/.ssh and every credential; run airlock from a project directory or pass --workspace DIR",
+            home.display()
+        ));
+    }
+    for state in [&store.paths.data, &store.paths.runtime] {
+        let state = std::fs::canonicalize(state).unwrap_or_else(|_| state.clone());
+        if state.starts_with(&ws) || ws.starts_with(&state) {
+            return refuse(format!(
+                "it overlaps Airlock's own state in {}",
+                state.display()
+            ));
+        }
+    }
+    for sys in [
+        "/usr", "/etc", "/proc", "/sys", "/dev", "/boot", "/var", "/run",
+    ] {
+        if ws == Path::new(sys) {
+            return refuse("it is a system directory".into());
+        }
+    }
+    Ok(ws)
+}
+
+fn build_spec(
+    name: String,
+    opts: &SandboxOpts,
+    ephemeral: bool,
+    store: &Store,
+) -> Result<SandboxSpec, Failure> {
+    units::validate_name(&name)?;
+    let user = user::invoking_user();
+    Ok(SandboxSpec {
+        workspace: workspace(opts, store, &user.home)?,
+        mode: match opts.workspace_mode {
+            ModeArg::Cow => WorkspaceMode::Cow,
+            ModeArg::Rw => WorkspaceMode::Rw,
+            ModeArg::Ro => WorkspaceMode::Ro,
+        },
+        isolation: match opts.isolation {
+            IsolationArg::Namespace => Isolation::Namespace,
+            IsolationArg::Vm => Isolation::Vm,
+        },
+        limits: limits(opts)?,
+        env: parse_env(&opts.env, &opts.env_file)?,
+        user,
+        ephemeral,
+        created_at: now_secs(),
+        name,
+    })
+}
+
+fn create_sandbox(store: &Store, spec: &SandboxSpec, be: &dyn Backend) -> Result<(), Failure> {
+    be.preflight()?;
+    store.create(spec, |dir| be.prepare(spec, dir))?;
+    Ok(())
+}
+
+fn open_store() -> Result<Store, Failure> {
+    Ok(Store::open()?)
+}
+
+/// Kill what a crashed supervisor left, so the sandbox can start again.
+fn reap_stale(store: &Store, be: &dyn Backend, name: &str) -> Result<(), Failure> {
+    if let Some(state) = store.read_runtime(name)?
+        && !is_running(&state)
+    {
+        be.reap(store, name, Some(&state))?;
+    }
+    Ok(())
+}
+
+fn remove_sandbox(store: &Store, be: &dyn Backend, name: &str) -> Result<(), Failure> {
+    let state = store.read_runtime(name).ok().flatten();
+    be.reap(store, name, state.as_ref())?;
+    store.remove_files(name)?;
+    Ok(())
+}
+
+fn outcome_code(outcome: Outcome, spec: &SandboxSpec) -> i32 {
+    match outcome {
+        Outcome::Exited(c) => c,
+        Outcome::TimedOut => {
+            ui::note(&format!(
+                "sandbox {} was killed: --timeout of {}s expired",
+                spec.name,
+                spec.limits.timeout_secs.unwrap_or(0.0)
+            ));
+            exit::TIMED_OUT
+        }
+    }
+}
+
+pub fn run(a: RunArgs) -> Result<i32, Failure> {
+    let store = open_store()?;
+    let (spec, created) = match &a.name {
+        Some(n) if store.exists(n) => {
+            let spec = store.load(n)?;
+            if a.rm && !spec.ephemeral {
+                ui::note(&format!(
+                    "--rm: sandbox {n} will be deleted when the command exits"
+                ));
+            }
+            (spec, false)
+        }
+        _ => {
+            let name = a.name.clone().unwrap_or_else(units::generate_name);
+            let spec = build_spec(name, &a.opts, a.rm, &store)?;
+            let be = backend(spec.isolation)?;
+            create_sandbox(&store, &spec, be.as_ref()).map_err(|f| Failure {
+                code: run_failed(f.code),
+                ..f
+            })?;
+            if a.name.is_none() && !a.rm {
+                ui::note(&format!(
+                    "sandbox {} (kept after exit; delete with `airlock rm {}`)",
+                    spec.name, spec.name
+                ));
+            }
+            (spec, true)
+        }
+    };
+    let be = backend(spec.isolation)?;
+    let req = ExecRequest {
+        argv: a.command.clone(),
+        tty: !a.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        ..Default::default()
+    };
+    let result = run_in(&store, be.as_ref(), &spec, &req);
+    if a.rm || spec.ephemeral || (created && result.is_err()) {
+        let _lock = store.lock(&spec.name)?;
+        if let Err(e) = remove_sandbox(&store, be.as_ref(), &spec.name) {
+            ui::warn(&format!(
+                "could not delete sandbox {}: {}; run `airlock gc`",
+                spec.name, e.error
+            ));
+        }
+    }
+    result.map_err(|f| Failure {
+        code: run_failed(f.code),
+        ..f
+    })
+}
+
+fn run_failed(code: i32) -> i32 {
+    if code == exit::FAILURE {
+        exit::RUN_FAILED
+    } else {
+        code
+    }
+}
+
+fn run_in(
+    store: &Store,
+    be: &dyn Backend,
+    spec: &SandboxSpec,
+    req: &ExecRequest,
+) -> Result<i32, Failure> {
+    let lock = store.lock(&spec.name)?;
+    if let Some(state) = store.read_runtime(&spec.name)?
+        && is_running(&state)
+    {
+        drop(lock);
+        return Ok(be.exec(store, spec, &state, req)?);
+    }
+    reap_stale(store, be, &spec.name)?;
+    let mut lock = Some(lock);
+    let outcome = be.run(store, spec, req, &mut || {
+        lock.take();
+    })?;
+    Ok(outcome_code(outcome, spec))
+}
+
+pub fn create(a: CreateArgs) -> Result<i32, Failure> {
+    let store = open_store()?;
+    let spec = build_spec(a.name, &a.opts, false, &store)?;
+    let be = backend(spec.isolation)?;
+    create_sandbox(&store, &spec, be.as_ref())?;
+    println!("{}", spec.name);
+    Ok(0)
+}
+
+/// Start `name` if it is not running; return its runtime state.
+fn ensure_running(
+    store: &Store,
+    be: &dyn Backend,
+    spec: &SandboxSpec,
+) -> Result<(airlock_core::spec::RuntimeState, bool), Failure> {
+    let _lock = store.lock(&spec.name)?;
+    if let Some(state) = store.read_runtime(&spec.name)?
+        && is_running(&state)
+    {
+        return Ok((state, false));
+    }
+    reap_stale(store, be, &spec.name)?;
+    Ok((be.start(store, spec)?, true))
+}
+
+pub fn start(name: &str) -> Result<i32, Failure> {
+    let store = open_store()?;
+    let spec = store.load(name)?;
+    let be = backend(spec.isolation)?;
+    let (state, started) = ensure_running(&store, be.as_ref(), &spec)?;
+    if started {
+        ui::note(&format!("started {name} (init pid {})", state.init_pid));
+    } else {
+        ui::note(&format!("{name} is already running"));
+    }
+    Ok(0)
+}
+
+pub fn stop(name: &str, grace: u64) -> Result<i32, Failure> {
+    let store = open_store()?;
+    let spec = store.load(name)?;
+    let be = backend(spec.isolation)?;
+    let _lock = store.lock(name)?;
+    match store.read_runtime(name)? {
+        Some(state) if is_running(&state) => {
+            be.stop(&store, &spec, &state, Duration::from_secs(grace))?;
+            // If the supervisor could not clean up (it crashed), do it here.
+            if store.read_runtime(name)?.is_some() {
+                be.reap(&store, name, Some(&state))?;
+            }
+            ui::note(&format!("stopped {name}"));
+        }
+        _ => {
+            reap_stale(&store, be.as_ref(), name)?;
+            ui::note(&format!("{name} is not running"));
+        }
+    }
+    Ok(0)
+}
+
+pub fn rm(names: &[String], force: bool) -> Result<i32, Failure> {
+    let store = open_store()?;
+    let mut code = 0;
+    for name in names {
+        let res = (|| -> Result<(), Failure> {
+            let spec = store.load(name)?;
+            let be = backend(spec.isolation)?;
+            let _lock = store.lock(name)?;
+            if let Some(state) = store.read_runtime(name)?
+                && is_running(&state)
+            {
+                if !force {
+                    return Err(fail(
+                        exit::CONFLICT,
+                        format!(
+                            "sandbox {name} is running; stop it first (`airlock stop {name}`) or use `airlock rm --force {name}`"
+                        ),
+                    ));
+                }
+                be.stop(&store, &spec, &state, Duration::ZERO)?;
+            }
+            remove_sandbox(&store, be.as_ref(), name)
+        })();
+        match res {
+            Ok(()) => println!("{name}"),
+            Err(f) => {
+                ui::error(&f.error.to_string());
+                code = f.code;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn exec(a: ExecArgs) -> Result<i32, Failure> {
+    let store = open_store()?;
+    let spec = store.load(&a.name)?;
+    let env = parse_env(&a.env, &[])?;
+    let workdir = a.workdir.map(|w| {
+        if w.is_absolute() {
+            w
+        } else {
+            spec.workspace.join(w)
+        }
+    });
+    let req = ExecRequest {
+        argv: a.command,
+        env,
+        workdir,
+        tty: a.tty,
+        ..Default::default()
+    };
+    exec_request(&store, &spec, &req)
+}
+
+pub fn exec_request(store: &Store, spec: &SandboxSpec, req: &ExecRequest) -> Result<i32, Failure> {
+    let be = backend(spec.isolation)?;
+    let (state, _) = ensure_running(store, be.as_ref(), spec).map_err(|f| Failure {
+        code: run_failed(f.code),
+        ..f
+    })?;
+    be.exec(store, spec, &state, req).map_err(|e| {
+        let f: Failure = e.into();
+        Failure {
+            code: run_failed(f.code),
+            ..f
+        }
+    })
+}
+
+pub fn shell(name: &str) -> Result<i32, Failure> {
+    let store = open_store()?;
+    let spec = store.load(name)?;
+    let req = ExecRequest {
+        argv: vec![spec.user.shell.display().to_string(), "-l".into()],
+        tty: std::io::stdin().is_terminal(),
+        ..Default::default()
+    };
+    exec_request(&store, &spec, &req)
+}
