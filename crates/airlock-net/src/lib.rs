@@ -11,7 +11,11 @@
 //! See `DESIGN.md` beside this crate's manifest.
 
 pub mod addr;
+pub mod dns;
+pub mod gate;
+pub mod log;
 pub mod policy;
+pub mod tls;
 
 pub use policy::{
     HostExposure, NetworkConfig, Policy, PolicyError, PolicyHandle, PolicySources, Preset,
