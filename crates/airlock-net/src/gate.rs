@@ -274,7 +274,7 @@ impl Gate {
             _ => return,
         }
         if first[0] == 0x05 {
-            let _ = tokio::time::timeout(t, self.socks5(client)).await;
+            self.socks5(client).await;
         } else {
             self.http(client, first[0]).await;
         }
@@ -671,69 +671,18 @@ impl Gate {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        // Greeting (the 0x05 was read by handle_proxy).
-        let Ok(n) = client.read_u8().await else {
+        // Only the handshake is under the handshake timeout, not the tunnel.
+        let t = self.inner.config.handshake_timeout;
+        let Ok(Some((cmd, host, port))) =
+            tokio::time::timeout(t, socks5_request(&mut client)).await
+        else {
             return;
         };
-        let mut methods = vec![0u8; n.into()];
-        if client.read_exact(&mut methods).await.is_err() {
-            return;
-        }
-        if !methods.contains(&0x00) {
-            let _ = client.write_all(&[0x05, 0xff]).await;
-            return;
-        }
-        if client.write_all(&[0x05, 0x00]).await.is_err() {
-            return;
-        }
-        let mut hdr = [0u8; 4];
-        if client.read_exact(&mut hdr).await.is_err() || hdr[0] != 0x05 {
-            return;
-        }
-        let host = match hdr[3] {
-            0x01 => {
-                let mut a = [0u8; 4];
-                if client.read_exact(&mut a).await.is_err() {
-                    return;
-                }
-                Ipv4Addr::from(a).to_string()
-            }
-            0x04 => {
-                let mut a = [0u8; 16];
-                if client.read_exact(&mut a).await.is_err() {
-                    return;
-                }
-                Ipv6Addr::from(a).to_string()
-            }
-            0x03 => {
-                let Ok(len) = client.read_u8().await else {
-                    return;
-                };
-                let mut d = vec![0u8; len.into()];
-                if client.read_exact(&mut d).await.is_err() {
-                    return;
-                }
-                match String::from_utf8(d) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = socks_reply(&mut client, 0x01).await;
-                        return;
-                    }
-                }
-            }
-            _ => {
-                let _ = socks_reply(&mut client, 0x08).await;
-                return;
-            }
-        };
-        let Ok(port) = client.read_u16().await else {
-            return;
-        };
-        if hdr[1] != 0x01 {
+        if cmd != 0x01 {
             // Only CONNECT: no BIND, no UDP ASSOCIATE (UDP is not allowed out).
             let v = Verdict::deny(
                 Reason::Other,
-                format!("SOCKS5 command {} is not supported (only CONNECT)", hdr[1]),
+                format!("SOCKS5 command {cmd} is not supported (only CONNECT)"),
             );
             self.log(
                 DecisionPath::Socks5,
@@ -1103,6 +1052,57 @@ async fn respond<S: AsyncWrite + Unpin>(
     client.write_all(body.as_bytes()).await?;
     client.flush().await?;
     client.shutdown().await
+}
+
+/// Reads a SOCKS5 greeting and request (the version byte was already read).
+/// Returns the command, host and port; `None` after answering a bad request.
+async fn socks5_request<S>(client: &mut S) -> Option<(u8, String, u16)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let n = client.read_u8().await.ok()?;
+    let mut methods = vec![0u8; n.into()];
+    client.read_exact(&mut methods).await.ok()?;
+    if !methods.contains(&0x00) {
+        let _ = client.write_all(&[0x05, 0xff]).await;
+        return None;
+    }
+    client.write_all(&[0x05, 0x00]).await.ok()?;
+    let mut hdr = [0u8; 4];
+    client.read_exact(&mut hdr).await.ok()?;
+    if hdr[0] != 0x05 {
+        return None;
+    }
+    let host = match hdr[3] {
+        0x01 => {
+            let mut a = [0u8; 4];
+            client.read_exact(&mut a).await.ok()?;
+            Ipv4Addr::from(a).to_string()
+        }
+        0x04 => {
+            let mut a = [0u8; 16];
+            client.read_exact(&mut a).await.ok()?;
+            Ipv6Addr::from(a).to_string()
+        }
+        0x03 => {
+            let len = client.read_u8().await.ok()?;
+            let mut d = vec![0u8; len.into()];
+            client.read_exact(&mut d).await.ok()?;
+            match String::from_utf8(d) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = socks_reply(client, 0x01).await;
+                    return None;
+                }
+            }
+        }
+        _ => {
+            let _ = socks_reply(client, 0x08).await;
+            return None;
+        }
+    };
+    let port = client.read_u16().await.ok()?;
+    Some((hdr[1], host, port))
 }
 
 async fn socks_reply<S: AsyncWrite + Unpin>(client: &mut S, code: u8) -> io::Result<()> {

@@ -235,6 +235,7 @@ async fn world(
     let mut cfg = GateConfig::new(SANDBOX, fake_dns.addr);
     cfg.sniff_timeout = Duration::from_millis(100);
     cfg.connect_timeout = Duration::from_secs(2);
+    cfg.handshake_timeout = Duration::from_millis(500);
     let gate = Gate::with_connector(
         cfg,
         handle.clone(),
@@ -315,6 +316,19 @@ impl World {
 
     /// SOCKS5 CONNECT; returns the reply code and, on success, what came back after `payload`.
     async fn socks(&self, atyp: u8, addr: &[u8], port: u16, payload: &[u8]) -> (u8, Vec<u8>) {
+        self.socks_slow(atyp, addr, port, payload, Duration::ZERO)
+            .await
+    }
+
+    /// Like `socks`, waiting `pause` between the reply and the payload.
+    async fn socks_slow(
+        &self,
+        atyp: u8,
+        addr: &[u8],
+        port: u16,
+        payload: &[u8],
+        pause: Duration,
+    ) -> (u8, Vec<u8>) {
         let mut s = TcpStream::connect(self.proxy).await.unwrap();
         s.write_all(&[5, 1, 0]).await.unwrap();
         let mut g = [0u8; 2];
@@ -331,6 +345,7 @@ impl World {
         s.read_exact(&mut rep).await.unwrap();
         let mut rest = Vec::new();
         if rep[1] == 0 {
+            tokio::time::sleep(pause).await;
             s.write_all(payload).await.unwrap();
             let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
         }
@@ -498,7 +513,19 @@ async fn socks5_domain_ipv4_ipv6() {
         w.socks(4, &v6.octets(), 443, b"raw6").await,
         (0, b"pong".to_vec())
     );
-    assert_eq!(seen.all().len(), 3);
+    // A tunnel outlives the handshake timeout (500 ms here).
+    assert_eq!(
+        w.socks_slow(
+            1,
+            &[198, 51, 100, 7],
+            443,
+            b"late",
+            Duration::from_millis(800)
+        )
+        .await,
+        (0, b"pong".to_vec())
+    );
+    assert_eq!(seen.all().len(), 4);
     w.find(
         DecisionPath::Socks5,
         VerdictKind::Allow,
