@@ -1112,6 +1112,25 @@ async fn socks_reply<S: AsyncWrite + Unpin>(client: &mut S, code: u8) -> io::Res
         .await
 }
 
+/// The proxy variables to set inside a sandbox whose gate is at
+/// `proxy_url` (e.g. `http://10.0.2.1:3128`), upper and lower case.
+/// `NO_PROXY` keeps the sandbox's own loopback direct; everything else goes
+/// through the gate, and a client that ignores these variables is captured
+/// transparently anyway.
+pub fn proxy_env(proxy_url: &str) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for (k, val) in [
+        ("HTTP_PROXY", proxy_url),
+        ("HTTPS_PROXY", proxy_url),
+        ("ALL_PROXY", proxy_url),
+        ("NO_PROXY", "localhost,127.0.0.1,::1"),
+    ] {
+        v.push((k.to_string(), val.to_string()));
+        v.push((k.to_ascii_lowercase(), val.to_string()));
+    }
+    v
+}
+
 // ------------------------------------------------------------- service
 
 /// The sockets a sandbox's network service serves.

@@ -6,7 +6,9 @@
 //! - [`log`]: the per-sandbox decision log (JSON lines) and its reader.
 //! - [`dns`]: the sandbox's resolver, answering only allowed names and
 //!   pinning what they resolved to.
-//! - [`gate`]: the egress proxy (HTTP, CONNECT, SOCKS5, transparent).
+//! - [`gate`]: the egress proxy (HTTP, CONNECT, SOCKS5, transparent) and
+//!   [`NetService`], which runs the gate and the resolver in their own thread.
+//! - [`tls`]: the ClientHello SNI reader.
 //!
 //! See `DESIGN.md` beside this crate's manifest.
 
@@ -17,7 +19,10 @@ pub mod log;
 pub mod policy;
 pub mod tls;
 
+pub use dns::{DnsConfig, DnsServer, PinSet};
+pub use gate::{Connector, DirectConnector, Gate, GateConfig, NetListeners, NetService, proxy_env};
+pub use log::{Decision, DecisionLog, DecisionPath, VerdictKind};
 pub use policy::{
-    HostExposure, NetworkConfig, Policy, PolicyError, PolicyHandle, PolicySources, Preset,
-    ProjectConfig, Reason, Rule, Source, TrustStore, Verdict,
+    HOST_INTERNAL, HostExposure, NetworkConfig, Policy, PolicyError, PolicyHandle, PolicySources,
+    Preset, ProjectConfig, Reason, Rule, Source, TrustStore, Verdict,
 };

@@ -447,6 +447,89 @@ impl NetworkConfig {
     }
 }
 
+impl NetworkConfig {
+    /// Adds an allow rule (no duplicate); true when added.
+    pub fn add_allow(&mut self, rule: Rule) -> bool {
+        if self.allow.contains(&rule) {
+            return false;
+        }
+        self.allow.push(rule);
+        true
+    }
+
+    /// Adds a deny rule (no duplicate); true when added.
+    pub fn add_deny(&mut self, rule: Rule) -> bool {
+        if self.deny.contains(&rule) {
+            return false;
+        }
+        self.deny.push(rule);
+        true
+    }
+
+    /// Removes a rule from both lists; true when it was there.
+    pub fn remove(&mut self, rule: &Rule) -> bool {
+        let before = self.allow.len() + self.deny.len();
+        self.allow.retain(|r| r != rule);
+        self.deny.retain(|r| r != rule);
+        before != self.allow.len() + self.deny.len()
+    }
+
+    /// Writes this table as the `[network]` table of a file Airlock owns
+    /// (e.g. a sandbox's runtime rules), atomically (temporary file and
+    /// rename). Not for the user's config file: other tables are not kept.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let io = |action, source| PolicyError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        };
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            network: &'a NetworkConfig,
+        }
+        let text = toml::to_string(&Doc { network: self })
+            .map_err(|e| io("cannot serialize", std::io::Error::other(e)))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io("cannot create the directory of", e))?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(|e| io("cannot write", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("cannot replace", e))
+    }
+}
+
+/// Parses a destination for `airlock policy check`: `HOST`, `HOST:PORT`,
+/// `[V6]:PORT`, a bare IPv6 address; `default_port` when none is given.
+pub fn parse_destination(s: &str, default_port: u16) -> Result<(String, u16)> {
+    let bad = |why: &str| rule_err(s, why.to_string());
+    let t = s.trim();
+    if let Some(rest) = t.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| bad("brackets must hold an IPv6 address"))?;
+        let port = match after {
+            "" => default_port,
+            a => parse_port(
+                s,
+                a.strip_prefix(':').ok_or_else(|| bad("expected ':PORT'"))?,
+            )?,
+        };
+        return Ok((h.to_string(), port));
+    }
+    if t.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok((t.to_string(), default_port));
+    }
+    let (h, port) = match t.rsplit_once(':') {
+        Some((h, p)) => (h, parse_port(s, p)?),
+        None => (t, default_port),
+    };
+    let host = normalize_host(h);
+    if host.parse::<IpAddr>().is_err() && !valid_name(&host) {
+        return Err(bad("not a valid host name"));
+    }
+    Ok((host, port))
+}
+
 /// A project's `airlock.toml` network section and whether it is trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectConfig {
@@ -1410,6 +1493,42 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn destinations_and_sandbox_rule_files() {
+        assert_eq!(
+            parse_destination("a.test", 443).unwrap(),
+            ("a.test".into(), 443)
+        );
+        assert_eq!(
+            parse_destination("A.test:80", 443).unwrap(),
+            ("a.test".into(), 80)
+        );
+        assert_eq!(
+            parse_destination("[::1]:22", 443).unwrap(),
+            ("::1".into(), 22)
+        );
+        assert_eq!(
+            parse_destination("2001:db8::1", 443).unwrap(),
+            ("2001:db8::1".into(), 443)
+        );
+        assert!(parse_destination("a.test:x", 443).is_err());
+        assert!(parse_destination("bad host", 443).is_err());
+
+        let dir = tmpdir("sandbox-rules");
+        let path = dir.join("sb").join("policy.toml");
+        let mut cfg = NetworkConfig::load(&path).unwrap().unwrap_or_default();
+        assert!(cfg.add_allow(r("a.test")));
+        assert!(!cfg.add_allow(r("a.test")));
+        assert!(cfg.add_deny(r("*.evil.test")));
+        cfg.save(&path).unwrap();
+        let back = NetworkConfig::load(&path).unwrap().unwrap();
+        assert_eq!(back, cfg);
+        let mut back = back;
+        assert!(back.remove(&r("*.evil.test")));
+        assert!(!back.remove(&r("*.evil.test")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
