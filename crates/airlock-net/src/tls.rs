@@ -4,7 +4,7 @@
 //! never modify (records → handshake → extensions → server_name), while
 //! `tls-parser` would bring `nom` and a full TLS message model, and `rustls`
 //! does not expose a parser for someone else's ClientHello. Every read is
-//! bounds-checked through [`Reader`]; anything unexpected is `Malformed`.
+//! bounds-checked through a small `Reader`; anything unexpected is `Malformed`.
 
 /// What the first bytes of a stream are.
 #[derive(Debug, Clone, PartialEq, Eq)]
