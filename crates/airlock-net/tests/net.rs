@@ -1132,3 +1132,87 @@ fn net_service_runs_in_its_own_thread() {
     let log = read_log(&log_path).unwrap();
     assert_eq!(log.len(), 2, "{log:#?}");
 }
+
+/// An upstream that truncates over UDP and answers over TCP; the sandbox
+/// resolver is queried over TCP too.
+#[tokio::test]
+async fn dns_over_tcp_and_truncated_upstream() {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let upstream = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(upstream).await.unwrap();
+    let answer = |q: &Packet<'_>, truncate: bool| {
+        let question = q.questions[0].clone();
+        let mut r = Packet::new_reply(q.id());
+        r.questions.push(question.clone());
+        if truncate {
+            r.set_flags(PacketFlag::TRUNCATION);
+        } else if question.qtype == QTYPE::TYPE(TYPE::A) {
+            r.answers.push(ResourceRecord::new(
+                question.qname.clone(),
+                CLASS::IN,
+                60,
+                RData::A(A::from(std::net::Ipv4Addr::new(203, 0, 113, 77))),
+            ));
+        }
+        r.build_bytes_vec().unwrap()
+    };
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
+            let q = Packet::parse(&buf[..n]).unwrap();
+            let _ = udp.send_to(&answer(&q, true), peer).await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            let len = s.read_u16().await.unwrap();
+            let mut msg = vec![0u8; len as usize];
+            s.read_exact(&mut msg).await.unwrap();
+            let q = Packet::parse(&msg).unwrap();
+            let r = answer(&q, false);
+            s.write_all(&(r.len() as u16).to_be_bytes()).await.unwrap();
+            s.write_all(&r).await.unwrap();
+        }
+    });
+
+    let log_path = log_path("dns-tcp");
+    let log = DecisionLog::open(&log_path, SANDBOX).unwrap();
+    let pins = PinSet::new();
+    let server = DnsServer::new(
+        DnsConfig::new(upstream),
+        PolicyHandle::new(allow(&["big.test"])),
+        pins.clone(),
+        log,
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { server.serve_tcp(l).await });
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for (name, want) in [
+        ("big.test", RCODE::NoError),
+        ("other.test", RCODE::NameError),
+    ] {
+        let mut q = Packet::new_query(7);
+        q.questions.push(Question::new(
+            Name::new(name).unwrap(),
+            QTYPE::TYPE(TYPE::A),
+            QCLASS::CLASS(CLASS::IN),
+            false,
+        ));
+        let msg = q.build_bytes_vec().unwrap();
+        s.write_all(&(msg.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        s.write_all(&msg).await.unwrap();
+        let len = s.read_u16().await.unwrap();
+        let mut resp = vec![0u8; len as usize];
+        s.read_exact(&mut resp).await.unwrap();
+        let p = Packet::parse(&resp).unwrap();
+        assert_eq!(p.rcode(), want, "{name}");
+        if want == RCODE::NoError {
+            assert_eq!(p.answers.len(), 1);
+        }
+    }
+    assert!(pins.is_pinned("big.test", "203.0.113.77".parse().unwrap()));
+}
