@@ -119,6 +119,15 @@ async fn get(proxy: SocketAddr, host: &str) -> String {
 #[test]
 fn direct_connector_in_sealed_namespace() {
     let t = std::thread::spawn(|| {
+        let have_ip = Command::new("ip")
+            .arg("-V")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !have_ip {
+            eprintln!("skipped: the `ip` command (iproute2) is not installed");
+            return;
+        }
         if !enter_sealed_netns() {
             assert!(
                 !nix::unistd::geteuid().is_root(),
