@@ -119,7 +119,8 @@ fn setup(plan: &MountPlan, hostname: &str) -> Result<(), String> {
     plan.apply().map_err(|e| e.to_string())
 }
 
-fn close_all_except(keep: &[RawFd]) {
+/// Close every descriptor of this process except `keep`.
+pub(crate) fn close_all_except(keep: &[RawFd]) {
     let mut keep: Vec<u32> = keep.iter().map(|&f| f as u32).collect();
     keep.sort_unstable();
     let mut from = 0u32;

@@ -495,6 +495,8 @@ fn supervisor_main(
             libc::dup2(f.as_raw_fd(), 2);
         }
     }
+    // The caller's lifecycle lock and any other descriptor must not live on in the daemon.
+    init::close_all_except(&[0, 1, 2, report.as_raw_fd()]);
     let send_report = |msg: &[u8]| {
         // SAFETY: a message on our end of the report channel.
         unsafe {
