@@ -53,6 +53,9 @@ pub fn run(
             0,
             0,
         );
+        // Not dumpable: the agent (same uid inside) can neither ptrace its init nor open
+        // /proc/1/exe, /proc/1/mem or /proc/1/fd, which point at host objects.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         let mut go = [0u8; 1];
         // EOF here means the supervisor died before writing our id maps: nothing to do.
         if libc::read(sock, go.as_mut_ptr().cast(), 1) != 1 || go[0] != MSG_GO {

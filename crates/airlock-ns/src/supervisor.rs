@@ -593,6 +593,10 @@ pub fn exec(
     let intermediate = namespaces::clone_process(0)?;
     if intermediate == 0 {
         drop(parent_sock);
+        // Not dumpable until the command's execve: processes already in the sandbox cannot
+        // ptrace this child while it still holds host descriptors.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         let fail = |msg: String| -> ! {
             let m = format!("E{msg}");
             // SAFETY: reporting on our channel, then exiting the forked child.
