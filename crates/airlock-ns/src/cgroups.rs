@@ -108,8 +108,20 @@ fn join_own(mount: &Path, own: &str) -> PathBuf {
     mount.join(own.trim_start_matches('/'))
 }
 
-/// Create the cgroup of sandbox `name` and apply `limits`.
-pub fn create(h: &Hierarchy, name: &str, limits: &Limits) -> Placement {
+/// The cgroup subtree of one Airlock store (`airlock/<hash of its state directory>`): stores of
+/// different users or `AIRLOCK_HOME`s never see, reap or kill each other's sandboxes.
+pub fn scope_for(state_dir: &Path) -> PathBuf {
+    // FNV-1a: a stable, dependency-free 64-bit hash; collisions only merge two stores' listings.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in state_dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    PathBuf::from("airlock").join(format!("{h:016x}"))
+}
+
+/// Create the cgroup of sandbox `name` (under `scope`, see [`scope_for`]) and apply `limits`.
+pub fn create(h: &Hierarchy, scope: &Path, name: &str, limits: &Limits) -> Placement {
     match h {
         Hierarchy::None => {
             Placement::Unavailable("no cgroup hierarchy is mounted; limits use rlimits".into())
@@ -120,7 +132,7 @@ pub fn create(h: &Hierarchy, name: &str, limits: &Limits) -> Placement {
                 if ctrl == "cpu" && limits.cpus.is_none() {
                     continue;
                 }
-                let dir = join_own(mount, own).join("airlock").join(name);
+                let dir = join_own(mount, own).join(scope).join(name);
                 if let Err(e) = std::fs::create_dir_all(&dir) {
                     remove(&Cgroup { dirs, version: 1 });
                     return Placement::Unavailable(
@@ -171,13 +183,17 @@ pub fn create(h: &Hierarchy, name: &str, limits: &Limits) -> Placement {
         }
         Hierarchy::V2 { mount, own } => {
             let parent = join_own(mount, own);
-            let base = parent.join("airlock");
-            let dir = base.join(name);
+            let dir = parent.join(scope).join(name);
             let setup = || -> Result<()> {
                 std::fs::create_dir_all(&dir).map_err(|e| NsError::path(&dir, e))?;
                 // Controllers must be enabled on the way down; this fails (EBUSY) when our own
                 // cgroup holds processes and is not the root, i.e. when it was not delegated.
-                for p in [&parent, &base] {
+                let mut levels = vec![parent.clone()];
+                for c in scope.components() {
+                    let next = levels[levels.len() - 1].join(c);
+                    levels.push(next);
+                }
+                for p in &levels {
                     let avail =
                         std::fs::read_to_string(p.join("cgroup.controllers")).unwrap_or_default();
                     let want: Vec<String> = ["cpu", "memory", "pids"]
@@ -275,13 +291,13 @@ pub fn remove_dirs(dirs: &[PathBuf]) -> Vec<String> {
 }
 
 /// Every sandbox cgroup directory that exists under our `airlock/` cgroups, by sandbox name.
-pub fn existing(h: &Hierarchy) -> Vec<(String, PathBuf)> {
+pub fn existing(h: &Hierarchy, scope: &Path) -> Vec<(String, PathBuf)> {
     let bases: Vec<PathBuf> = match h {
         Hierarchy::V1 { controllers } => controllers
             .iter()
-            .map(|(_, m, o)| join_own(m, o).join("airlock"))
+            .map(|(_, m, o)| join_own(m, o).join(scope))
             .collect(),
-        Hierarchy::V2 { mount, own } => vec![join_own(mount, own).join("airlock")],
+        Hierarchy::V2 { mount, own } => vec![join_own(mount, own).join(scope)],
         Hierarchy::None => vec![],
     };
     let mut out = Vec::new();
@@ -298,8 +314,8 @@ pub fn existing(h: &Hierarchy) -> Vec<(String, PathBuf)> {
 }
 
 /// The cgroup directories a sandbox named `name` would have (to find leftovers after a crash).
-pub fn dirs_for(h: &Hierarchy, name: &str) -> Vec<PathBuf> {
-    existing(h)
+pub fn dirs_for(h: &Hierarchy, scope: &Path, name: &str) -> Vec<PathBuf> {
+    existing(h, scope)
         .into_iter()
         .filter(|(n, _)| n == name)
         .map(|(_, p)| p)

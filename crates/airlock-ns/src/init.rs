@@ -53,14 +53,16 @@ pub fn run(
             0,
             0,
         );
-        // Not dumpable: the agent (same uid inside) can neither ptrace its init nor open
-        // /proc/1/exe, /proc/1/mem or /proc/1/fd, which point at host objects.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         let mut go = [0u8; 1];
         // EOF here means the supervisor died before writing our id maps: nothing to do.
         if libc::read(sock, go.as_mut_ptr().cast(), 1) != 1 || go[0] != MSG_GO {
             exit(1);
         }
+        // Not dumpable: the agent (same uid inside) can neither ptrace its init nor open
+        // /proc/1/exe, /proc/1/mem or /proc/1/fd, which point at host objects. Only now: a
+        // non-dumpable process's /proc files belong to root, and a rootless supervisor must
+        // first write our id maps there.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     if let Err(msg) = setup(plan, hostname) {
         let mut m = vec![MSG_ERROR];

@@ -120,6 +120,7 @@ impl Backend for NamespaceBackend {
         }
         done.extend(cgroups::remove_dirs(&cgroups::dirs_for(
             &cgroups::detect(),
+            &cgroups::scope_for(&store.paths.data),
             name,
         )));
         if store.read_runtime(name).ok().flatten().is_some() {

@@ -94,9 +94,14 @@ pub struct Enforcement {
     pub description: String,
 }
 
-fn enforcement(spec: &SandboxSpec) -> Enforcement {
+fn enforcement(store: &Store, spec: &SandboxSpec) -> Enforcement {
     let h = cgroups::detect();
-    match cgroups::create(&h, &spec.name, &spec.limits) {
+    match cgroups::create(
+        &h,
+        &cgroups::scope_for(&store.paths.data),
+        &spec.name,
+        &spec.limits,
+    ) {
         Placement::Cgroup(cg) => Enforcement {
             description: format!("cgroup v{}", cg.version),
             cgroup: Some(cg),
@@ -388,7 +393,7 @@ pub fn run_foreground(
         .clone()
         .unwrap_or_else(|| spec.workspace.clone());
     let mut sigfd = signal_fd()?;
-    let enforcement = enforcement(spec);
+    let enforcement = enforcement(store, spec);
     let cmd = match CommandSpec::new(
         spec,
         &req.argv,
@@ -515,7 +520,7 @@ fn supervisor_main(
             return 1;
         }
     };
-    let booted = match boot(store, spec, seccomp, enforcement(spec), None) {
+    let booted = match boot(store, spec, seccomp, enforcement(store, spec), None) {
         Ok(b) => b,
         Err(e) => {
             send_report(format!("E{e}").as_bytes());

@@ -274,7 +274,10 @@ pub fn gc(json: bool) -> Result<i32, Failure> {
             }
         }
     }
-    for (n, dir) in airlock_ns::cgroups::existing(&airlock_ns::cgroups::detect()) {
+    for (n, dir) in airlock_ns::cgroups::existing(
+        &airlock_ns::cgroups::detect(),
+        &airlock_ns::cgroups::scope_for(&store.paths.data),
+    ) {
         if !known.contains(&n.as_str()) {
             removed.extend(airlock_ns::cgroups::remove_dirs(&[dir]));
         }
