@@ -419,7 +419,7 @@ mod tests {
         let d = tmp.path().join("x/work/work");
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join("f"), b"x").unwrap();
-        fs::set_permissions(&d, fs::Permissions::from_mode(0)).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o0)).unwrap();
         remove_tree(&tmp.path().join("x")).unwrap();
         assert!(!tmp.path().join("x").exists());
     }

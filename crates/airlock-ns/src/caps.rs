@@ -66,3 +66,53 @@ pub fn effective() -> u64 {
         })
         .unwrap_or(0)
 }
+
+pub const CAP_KILL: u32 = 5;
+
+/// Reduce the calling process's permitted, effective and inheritable sets (and its bounding set)
+/// to `keep`.
+pub fn keep_only(keep: &[u32]) -> std::io::Result<()> {
+    for cap in 0..=last_cap() {
+        if !keep.contains(&cap) {
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        }
+    }
+    let mut mask = [0u32; 2];
+    for &c in keep {
+        mask[(c / 32) as usize] |= 1 << (c % 32);
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: mask[0],
+            permitted: mask[0],
+            inheritable: 0,
+        },
+        Data {
+            effective: mask[1],
+            permitted: mask[1],
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset reads a v3 header and two data structs, which live across the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ use std::os::fd::RawFd;
 
 use airlock_seccomp::SeccompProgram;
 
+use crate::caps;
 use crate::mounts::MountPlan;
 use crate::namespaces;
 use crate::process::CommandSpec;
@@ -58,11 +59,6 @@ pub fn run(
         if libc::read(sock, go.as_mut_ptr().cast(), 1) != 1 || go[0] != MSG_GO {
             exit(1);
         }
-        // Not dumpable: the agent (same uid inside) can neither ptrace its init nor open
-        // /proc/1/exe, /proc/1/mem or /proc/1/fd, which point at host objects. Only now: a
-        // non-dumpable process's /proc files belong to root, and a rootless supervisor must
-        // first write our id maps there.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     if let Err(msg) = setup(plan, hostname) {
         let mut m = vec![MSG_ERROR];
@@ -85,6 +81,15 @@ pub fn run(
         },
         None => None,
     };
+    // The init stays dumpable (`airlock exec` joins its namespaces through a pidfd, which needs
+    // ptrace access), so it must hold nothing worth stealing: no capability beyond what it needs
+    // to end the sandbox's processes (an agent without it cannot ptrace it at all), and no copy
+    // of the host's environment or command line in its memory (/proc/1/environ, /proc/1/cmdline).
+    if let Err(e) = caps::keep_only(&[caps::CAP_KILL]) {
+        eprintln!("airlock: dropping the init's capabilities: {e}");
+        exit(1);
+    }
+    scrub_inherited_memory();
     // SAFETY: closing our copy of the channel and pointing stdio at /dev/null (inside the sandbox).
     unsafe {
         libc::close(sock);
@@ -191,6 +196,42 @@ fn reap_loop(main_pid: Option<i32>) -> ! {
                         exit(0);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Overwrite the command line and environment inherited from the host in our own memory, so
+/// /proc/1/cmdline and /proc/1/environ show nothing of the host (secrets passed with `-e`, the
+/// caller's environment). The kernel reports where they are in /proc/self/stat (fields 48–51).
+fn scrub_inherited_memory() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return;
+    };
+    // Fields from 3 on; arg_start is field 48.
+    let f: Vec<usize> = rest
+        .split_whitespace()
+        .skip(45)
+        .take(4)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() != 4 {
+        return;
+    }
+    let name = b"airlock-init\0";
+    for (start, end) in [(f[0], f[1]), (f[2], f[3])] {
+        if end <= start || end - start > 1 << 20 {
+            continue;
+        }
+        // SAFETY: [start, end) is our own initial argument/environment area on the main stack, as
+        // reported by the kernel; the init reads neither again (std's copies are not used).
+        unsafe {
+            std::ptr::write_bytes(start as *mut u8, 0, end - start);
+            if start == f[0] && end - start >= name.len() {
+                std::ptr::copy_nonoverlapping(name.as_ptr(), start as *mut u8, name.len());
             }
         }
     }

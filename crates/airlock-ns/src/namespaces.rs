@@ -1,6 +1,5 @@
 //! Linux namespaces: creating them, mapping ids into the user namespace, and joining them.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
@@ -131,32 +130,37 @@ impl IdMap {
     }
 }
 
-/// Namespace file descriptors of a running sandbox, opened from its init's /proc entry.
+/// A handle on a running sandbox's namespaces: a pidfd of its init.
+///
+/// `setns(pidfd, flags)` (Linux 5.8+) joins every namespace in one atomic step and, unlike
+/// opening `/proc/PID/ns/*`, needs no ptrace access to the init, which is deliberately not
+/// dumpable (so the agent cannot ptrace it or open its /proc files).
 pub struct NsFds {
-    fds: Vec<(&'static str, libc::c_int, OwnedFd)>,
+    pidfd: OwnedFd,
 }
 
 impl NsFds {
     pub fn open(pid: i32) -> Result<NsFds> {
-        let mut fds = Vec::with_capacity(JOIN_ORDER.len());
-        for (name, flag) in JOIN_ORDER {
-            let path = format!("/proc/{pid}/ns/{name}");
-            let f = File::open(&path).map_err(|e| NsError::path(&path, e))?;
-            fds.push((*name, *flag, OwnedFd::from(f)));
+        // SAFETY: pidfd_open takes a pid and flags; the returned fd is owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(NsError::last(format!(
+                "pidfd_open({pid}) for the sandbox's init"
+            )));
         }
-        Ok(NsFds { fds })
+        // SAFETY: fresh fd owned by nobody else.
+        Ok(NsFds {
+            pidfd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
     }
 
     /// Enter every namespace (the pid namespace applies to children created afterwards).
     /// Must run in a single-threaded process.
     pub fn join(&self) -> Result<()> {
-        for (name, flag, fd) in &self.fds {
-            // SAFETY: setns on a namespace fd we own; the process is single-threaded.
-            if unsafe { libc::setns(fd.as_raw_fd(), *flag) } != 0 {
-                return Err(NsError::last(format!(
-                    "joining the sandbox's {name} namespace"
-                )));
-            }
+        let flags = JOIN_ORDER.iter().fold(0, |acc, (_, f)| acc | f);
+        // SAFETY: setns on a pidfd we own; the process is single-threaded.
+        if unsafe { libc::setns(self.pidfd.as_raw_fd(), flags) } != 0 {
+            return Err(NsError::last("joining the sandbox's namespaces"));
         }
         Ok(())
     }

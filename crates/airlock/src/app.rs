@@ -32,7 +32,14 @@ pub fn fail(code: i32, msg: impl std::fmt::Display) -> Failure {
 fn code_for(e: &anyhow::Error) -> i32 {
     use airlock_core::CoreError;
     for cause in e.chain() {
-        if let Some(c) = cause.downcast_ref::<CoreError>() {
+        let core =
+            cause.downcast_ref::<CoreError>().or_else(|| match cause
+                .downcast_ref::<airlock_core::backend::BackendError>(
+            ) {
+                Some(airlock_core::backend::BackendError::Core(c)) => Some(c),
+                _ => None,
+            });
+        if let Some(c) = core {
             return match c {
                 CoreError::NotFound(_) => exit::NOT_FOUND,
                 CoreError::AlreadyExists(_) => exit::CONFLICT,

@@ -70,6 +70,6 @@ mod tests {
     #[test]
     fn time_format() {
         assert_eq!(super::format_time(0), "1970-01-01 00:00:00Z");
-        assert_eq!(super::format_time(1_795_752_000), "2026-11-27 00:00:00Z");
+        assert_eq!(super::format_time(1_795_737_600), "2026-11-27 00:00:00Z");
     }
 }

@@ -98,7 +98,7 @@ fn host_home_secrets_and_environment_stay_outside() {
         let out = env.sh(&format!(
             "test \"$HOME\" = {home} && echo home-path-ok; ls -A $HOME; \
              cat $HOME/.ssh/id_ed25519 2>&1; cat $HOME/.aws/credentials 2>&1; \
-             env; ls /home 2>&1; ls -A /root 2>&1; \
+             env; tr '\\0' '\\n' < /proc/1/environ 2>&1; tr '\\0' ' ' < /proc/1/cmdline 2>&1; ls /home 2>&1; ls -A /root 2>&1; \
              test -e /var/run/docker.sock || echo no-docker-sock; \
              grep -c . /etc/shadow || echo shadow-empty; ls /etc/ssh 2>&1"
         ));
