@@ -167,11 +167,10 @@ pub fn run_probe(opts: &ProbeOptions) -> Report {
     let start = Instant::now();
     let uid = nix::unistd::getuid().as_raw();
     let euid = nix::unistd::geteuid().as_raw();
-    let initial_userns = std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| {
-            let f: Vec<&str> = m.split_whitespace().collect();
-            f == ["0", "0", "4294967295"]
-        })
+    // The initial user namespace always has the same inode (PROC_USER_INIT_INO). An identity
+    // uid_map alone does not tell: a sandbox started by root maps all ids onto themselves.
+    let initial_userns = std::fs::read_link("/proc/self/ns/user")
+        .map(|l| l.to_string_lossy() == "user:[4026531837]")
         .unwrap_or(true);
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let ctx = Ctx {

@@ -65,6 +65,8 @@ pub fn main() -> i32 {
         Command::Inspect { name, json } => commands::info::inspect(&name, json),
         Command::Gc { json } => commands::info::gc(json),
         Command::Completions { shell } => commands::info::completions(shell),
+        Command::Audit(a) => commands::audit::audit(a),
+        Command::Probe(a) => commands::audit::probe(a),
     };
     match result {
         Ok(code) => code,

@@ -109,11 +109,59 @@ expired, 125 when Airlock itself failed before the command ran.")]
         json: bool,
     },
 
+    /// Show what an agent could reach: secrets, credential files, daemon sockets, network, kernel surface
+    #[command(after_help = "Examples:
+  airlock audit                         # this machine, as you: what any agent you run can reach
+  airlock audit --sandbox dev           # the same probe inside a sandbox
+  airlock audit --compare               # host and a fresh default sandbox side by side
+  airlock audit --json --fail-on high   # for CI: exit 1 if anything high is found
+
+The probe never prints secret values (only names and redacted hints), never writes, and bounds
+every network attempt. `--net-targets none` makes no connection or lookup beyond loopback.")]
+    Audit(AuditArgs),
+
     /// Print shell completions
     #[command(
         after_help = "Example:\n  airlock completions bash > ~/.local/share/bash-completion/completions/airlock"
     )]
     Completions { shell: clap_complete::Shell },
+
+    /// (internal) The audit probe, as run inside a sandbox: prints a JSON report
+    #[command(name = "__probe", hide = true)]
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Run the probe inside this sandbox instead of on the host
+    #[arg(long, value_name = "NAME", conflicts_with = "compare")]
+    pub sandbox: Option<String>,
+
+    /// Compare the host with a sandbox (default: a fresh default sandbox of this directory)
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+    pub compare: Option<String>,
+
+    /// Print the report as JSON (schema: crates/airlock-probe/schema/report.v1.json)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit with status 1 if a finding of this severity or worse is found
+    #[arg(long, value_name = "high|medium|low")]
+    pub fail_on: Option<String>,
+
+    /// Non-loopback network targets: `builtin`, `none`, or a file listing them
+    #[arg(long, value_name = "none|builtin|FILE", default_value = "builtin")]
+    pub net_targets: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[arg(long, default_value = "none")]
+    pub net_targets: String,
+    #[arg(long)]
+    pub sandbox: Option<String>,
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -155,7 +155,7 @@ fn workspace(opts: &SandboxOpts, store: &Store, home: &Path) -> Result<PathBuf, 
     Ok(ws)
 }
 
-fn build_spec(
+pub fn build_spec(
     name: String,
     opts: &SandboxOpts,
     ephemeral: bool,
@@ -183,7 +183,7 @@ fn build_spec(
     })
 }
 
-fn create_sandbox(store: &Store, spec: &SandboxSpec, be: &dyn Backend) -> Result<(), Failure> {
+pub fn create_sandbox(store: &Store, spec: &SandboxSpec, be: &dyn Backend) -> Result<(), Failure> {
     be.preflight()?;
     store.create(spec, |dir| be.prepare(spec, dir))?;
     Ok(())
@@ -203,7 +203,7 @@ fn reap_stale(store: &Store, be: &dyn Backend, name: &str) -> Result<(), Failure
     Ok(())
 }
 
-fn remove_sandbox(store: &Store, be: &dyn Backend, name: &str) -> Result<(), Failure> {
+pub fn remove_sandbox(store: &Store, be: &dyn Backend, name: &str) -> Result<(), Failure> {
     let state = store.read_runtime(name).ok().flatten();
     be.reap(store, name, state.as_ref())?;
     store.remove_files(name)?;
@@ -314,7 +314,7 @@ pub fn create(a: CreateArgs) -> Result<i32, Failure> {
 }
 
 /// Start `name` if it is not running; return its runtime state.
-fn ensure_running(
+pub fn ensure_running(
     store: &Store,
     be: &dyn Backend,
     spec: &SandboxSpec,

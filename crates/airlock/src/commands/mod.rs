@@ -1,5 +1,6 @@
 //! One module per group of subcommands.
 
+pub mod audit;
 pub mod info;
 pub mod lifecycle;
 
