@@ -66,6 +66,7 @@ pub fn main() -> i32 {
         Command::Gc { json } => commands::info::gc(json),
         Command::Completions { shell } => commands::info::completions(shell),
         Command::Audit(a) => commands::audit::audit(a),
+        Command::Review(c) => commands::review::dispatch(c),
         Command::Probe(a) => commands::audit::probe(a),
     };
     match result {

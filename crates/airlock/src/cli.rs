@@ -126,6 +126,9 @@ every network attempt. `--net-targets none` makes no connection or lookup beyond
     )]
     Completions { shell: clap_complete::Shell },
 
+    #[command(flatten)]
+    Review(crate::commands::review::ReviewCommand),
+
     /// (internal) The audit probe, as run inside a sandbox: prints a JSON report
     #[command(name = "__probe", hide = true)]
     Probe(ProbeArgs),
