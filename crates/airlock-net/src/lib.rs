@@ -9,6 +9,10 @@
 //! - [`gate`]: the egress proxy (HTTP, CONNECT, SOCKS5, transparent) and
 //!   [`NetService`], which runs the gate and the resolver in their own thread.
 //! - [`tls`]: the ClientHello SNI reader.
+//! - [`tun`]: transparent capture, sandbox side: the TUN device, its
+//!   addresses and routes ([`create_tun_in_current_netns`]).
+//! - [`stack`]: transparent capture, host side: a user-space TCP/IP stack
+//!   on that device feeding the gate and the resolver ([`spawn_stack`]).
 //!
 //! See `DESIGN.md` beside this crate's manifest.
 
@@ -17,7 +21,9 @@ pub mod dns;
 pub mod gate;
 pub mod log;
 pub mod policy;
+pub mod stack;
 pub mod tls;
+pub mod tun;
 
 pub use dns::{DnsConfig, DnsServer, PinSet};
 pub use gate::{Connector, DirectConnector, Gate, GateConfig, NetListeners, NetService, proxy_env};
@@ -26,3 +32,5 @@ pub use policy::{
     HOST_INTERNAL, HostExposure, NetworkConfig, Policy, PolicyError, PolicyHandle, PolicySources,
     Preset, ProjectConfig, Reason, Rule, Source, TrustStore, Verdict,
 };
+pub use stack::{StackCounters, StackError, StackHandle, spawn_stack};
+pub use tun::{TunConfig, TunError, create_tun_in_current_netns};

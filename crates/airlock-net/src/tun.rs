@@ -111,8 +111,7 @@ impl TunConfig {
     /// Checks the addresses and the MTU.
     pub fn validate(&self) -> Result<(), TunError> {
         let bad = |m: String| Err(TunError::Config(m));
-        if self.name.is_empty() || self.name.len() >= libc::IFNAMSIZ || self.name.contains('\0')
-        {
+        if self.name.is_empty() || self.name.len() >= libc::IFNAMSIZ || self.name.contains('\0') {
             return bad(format!("bad interface name {:?}", self.name));
         }
         if !(1280..=65535).contains(&self.mtu) {
@@ -170,15 +169,21 @@ pub fn create_tun_in_current_netns(cfg: &TunConfig) -> Result<OwnedFd, TunError>
     let mut nl = Netlink::open()?;
     nl.add_addr(index, IpAddr::V4(cfg.sandbox_v4), 32)
         .map_err(io_err(format!("add {}/32 to {}", cfg.sandbox_v4, cfg.name)))?;
-    nl.add_default_route(index, false)
-        .map_err(io_err(format!("add the IPv4 default route via {}", cfg.name)))?;
+    nl.add_default_route(index, false).map_err(io_err(format!(
+        "add the IPv4 default route via {}",
+        cfg.name
+    )))?;
     match nl.add_addr(index, IpAddr::V6(cfg.sandbox_v6), 128) {
-        Ok(()) => nl
-            .add_default_route(index, true)
-            .map_err(io_err(format!("add the IPv6 default route via {}", cfg.name)))?,
+        Ok(()) => nl.add_default_route(index, true).map_err(io_err(format!(
+            "add the IPv6 default route via {}",
+            cfg.name
+        )))?,
         Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
         Err(e) => {
-            return Err(io_err(format!("add {}/128 to {}", cfg.sandbox_v6, cfg.name))(e));
+            return Err(io_err(format!(
+                "add {}/128 to {}",
+                cfg.sandbox_v6, cfg.name
+            ))(e));
         }
     }
     Ok(tun)
@@ -287,7 +292,12 @@ fn set_up(ctl: &OwnedFd, name: &str) -> Result<(), TunError> {
     // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    ioctl_ifreq(ctl, libc::SIOCSIFFLAGS, &mut req, format!("bring {name} up"))
+    ioctl_ifreq(
+        ctl,
+        libc::SIOCSIFFLAGS,
+        &mut req,
+        format!("bring {name} up"),
+    )
 }
 
 // ------------------------------------------------------------- netlink
@@ -358,11 +368,7 @@ impl Netlink {
         if flags != 0 {
             push_attr(&mut body, IFA_FLAGS, &flags.to_ne_bytes());
         }
-        self.request(
-            RTM_NEWADDR,
-            NLM_F_CREATE | NLM_F_EXCL,
-            &body,
-        )
+        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &body)
     }
 
     fn add_default_route(&mut self, index: u32, v6: bool) -> io::Result<()> {
@@ -422,14 +428,8 @@ impl Netlink {
         let mut buf = vec![0u8; 8192];
         loop {
             // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                )
-            };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -491,7 +491,10 @@ mod tests {
             IpAddr::V6(c.sandbox_v6),
             IpAddr::V6(c.gateway_v6),
         ] {
-            assert!(crate::addr::classify(a).is_some(), "{a} must be always-blocked");
+            assert!(
+                crate::addr::classify(a).is_some(),
+                "{a} must be always-blocked"
+            );
         }
         assert!(c.resolv_conf().contains("nameserver 100.96.0.1"));
         let mut bad = c.clone();
