@@ -129,7 +129,15 @@ pub fn create(h: &Hierarchy, scope: &Path, name: &str, limits: &Limits) -> Place
         Hierarchy::V1 { controllers } => {
             let mut dirs = Vec::new();
             for (ctrl, mount, own) in controllers {
-                if ctrl == "cpu" && limits.cpus.is_none() {
+                // Only the controllers a limit needs: each attach to a v1 hierarchy costs an RCU
+                // grace period (~8 ms here) on the start path.
+                let needed = match ctrl.as_str() {
+                    "cpu" => limits.cpus.is_some(),
+                    "memory" => limits.memory_bytes.is_some(),
+                    "pids" => limits.pids.is_some(),
+                    _ => false,
+                };
+                if !needed {
                     continue;
                 }
                 let dir = join_own(mount, own).join(scope).join(name);

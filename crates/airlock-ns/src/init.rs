@@ -24,6 +24,8 @@ pub const FORWARDED: &[libc::c_int] = &[
 
 /// Messages on the setup channel between supervisor and init (a SOCK_SEQPACKET pair).
 pub const MSG_GO: u8 = b'G';
+/// Sent once the init is in the sandbox's cgroup (it sets up its mounts meanwhile).
+pub const MSG_IN_CGROUP: u8 = b'C';
 pub const MSG_READY: u8 = b'R';
 pub const MSG_ERROR: u8 = b'E';
 
@@ -60,7 +62,7 @@ pub fn run(
             exit(1);
         }
     }
-    if let Err(msg) = setup(plan, hostname) {
+    if let Err(msg) = setup(plan, hostname, sock) {
         let mut m = vec![MSG_ERROR];
         m.extend_from_slice(msg.as_bytes());
         send(sock, &m);
@@ -109,15 +111,9 @@ pub fn run(
     reap_loop(main_pid)
 }
 
-fn setup(plan: &MountPlan, hostname: &str) -> Result<(), String> {
-    // SAFETY: unshare/sethostname with valid arguments.
+fn setup(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
+    // SAFETY: sethostname with a valid buffer.
     unsafe {
-        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
-            return Err(format!(
-                "creating the cgroup namespace: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
         if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
             return Err(format!(
                 "setting the hostname: {}",
@@ -126,7 +122,23 @@ fn setup(plan: &MountPlan, hostname: &str) -> Result<(), String> {
         }
     }
     namespaces::loopback_up().map_err(|e| e.to_string())?;
-    plan.apply().map_err(|e| e.to_string())
+    plan.apply().map_err(|e| e.to_string())?;
+    // The supervisor moves us into the sandbox's cgroup while we build the filesystem; once we
+    // are in it, a new cgroup namespace makes it our root.
+    let mut msg = [0u8; 1];
+    // SAFETY: reading one byte into a local buffer; unshare with a flag.
+    unsafe {
+        if libc::read(sock, msg.as_mut_ptr().cast(), 1) != 1 || msg[0] != MSG_IN_CGROUP {
+            return Err("the supervisor went away during setup".into());
+        }
+        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+            return Err(format!(
+                "creating the cgroup namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Close every descriptor of this process except `keep`.

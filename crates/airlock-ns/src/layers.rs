@@ -38,14 +38,17 @@ impl Layers {
         self.dir.join("home")
     }
 
-    /// Create every layer directory (owned by the caller, who is the sandbox's user or root).
-    pub fn create(&self) -> Result<()> {
+    /// Create the layer directories (owned by the caller, who is the sandbox's user or root).
+    /// System layers exist only where the system directories can be copy-on-write (`system`).
+    pub fn create(&self, system: bool) -> Result<()> {
         let mut dirs = vec![self.home()];
         let (u, w) = self.workspace();
         dirs.extend([u, w]);
-        for d in SYSTEM_DIRS {
-            let (u, w) = self.system(d);
-            dirs.extend([u, w]);
+        if system {
+            for d in SYSTEM_DIRS {
+                let (u, w) = self.system(d);
+                dirs.extend([u, w]);
+            }
         }
         for d in dirs {
             std::fs::DirBuilder::new()

@@ -64,7 +64,9 @@ impl Backend for NamespaceBackend {
                 ),
             })
         })?;
-        layers::Layers::new(dir).create().map_err(tier)
+        // SAFETY: geteuid cannot fail.
+        let system_cow = namespaces::IdMap::for_invoker(unsafe { libc::geteuid() }, 0).full_range;
+        layers::Layers::new(dir).create(system_cow).map_err(tier)
     }
 
     fn start(&self, store: &Store, spec: &SandboxSpec) -> Result<RuntimeState, BackendError> {

@@ -23,7 +23,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::cgroups::{self, Cgroup, Placement};
 use crate::error::{NsError, Result};
-use crate::init::{self, MSG_ERROR, MSG_GO, MSG_READY};
+use crate::init::{self, MSG_ERROR, MSG_GO, MSG_IN_CGROUP, MSG_READY};
 use crate::layers::Layers;
 use crate::mounts::MountPlan;
 use crate::namespaces::{self, IdMap, NsFds, SANDBOX_CLONE_FLAGS};
@@ -142,6 +142,10 @@ fn boot(
     let root = runtime.join("root");
     std::fs::create_dir_all(&root).map_err(|e| NsError::path(&root, e))?;
     let layers = Layers::new(&store.paths.sandbox_dir(&spec.name));
+    if idmap.full_range {
+        // A sandbox created rootless and started as root gains its system layers here.
+        layers.create(true)?;
+    }
     let state_dirs = [store.paths.data.clone(), store.paths.runtime.clone()];
     let plan = MountPlan::for_sandbox(spec, layers, root, idmap.full_range, &state_dirs);
     let system_mode = if idmap.full_range {
@@ -179,20 +183,25 @@ fn boot(
     if let Err(e) = idmap.write(pid) {
         return Err(fail(e));
     }
+    let send_byte = |b: u8| {
+        // SAFETY: sending one byte on our end of the channel.
+        unsafe {
+            libc::send(
+                parent_sock.as_raw_fd(),
+                [b].as_ptr().cast(),
+                1,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+    };
+    // The child builds its filesystem while we move it into its cgroup (slow on cgroup v1).
+    send_byte(MSG_GO);
     if let Some(cg) = &enforcement.cgroup
         && let Err(e) = cg.attach(pid)
     {
         return Err(fail(e));
     }
-    // SAFETY: sending one byte on our end of the channel.
-    unsafe {
-        libc::send(
-            parent_sock.as_raw_fd(),
-            [MSG_GO].as_ptr().cast(),
-            1,
-            libc::MSG_NOSIGNAL,
-        )
-    };
+    send_byte(MSG_IN_CGROUP);
     let mut buf = vec![0u8; 4096];
     let n = recv(parent_sock.as_raw_fd(), &mut buf);
     match buf.first() {
