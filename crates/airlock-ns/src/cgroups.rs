@@ -33,7 +33,14 @@ const V1_CONTROLLERS: &[&str] = &["pids", "memory", "cpu"];
 pub fn detect() -> Hierarchy {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    parse(&mountinfo, &own, unified)
+}
+
+/// The layout described by /proc/self/mountinfo and /proc/self/cgroup; `unified` says whether
+/// /sys/fs/cgroup itself is a cgroup v2 hierarchy.
+pub fn parse(mountinfo: &str, own: &str, unified: bool) -> Hierarchy {
+    if unified {
         let path = own
             .lines()
             .find_map(|l| l.strip_prefix("0::"))
@@ -328,4 +335,56 @@ pub fn dirs_for(h: &Hierarchy, scope: &Path, name: &str) -> Vec<PathBuf> {
         .filter(|(n, _)| n == name)
         .map(|(_, p)| p)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTINFO: &str = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
+34 30 0:30 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,memory
+35 30 0:31 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,pids
+36 30 0:32 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,cpu,cpuacct
+";
+    const HYBRID_SELF: &str =
+        "9:name=systemd:/\n8:pids:/user.slice\n4:memory:/process_api/abc\n2:cpu,cpuacct:/\n0::/\n";
+
+    #[test]
+    fn hybrid_hosts_use_the_v1_controllers_at_our_own_place() {
+        let Hierarchy::V1 { controllers } = parse(HYBRID_MOUNTINFO, HYBRID_SELF, false) else {
+            panic!("expected v1");
+        };
+        let find = |c: &str| {
+            controllers
+                .iter()
+                .find(|(n, _, _)| n == c)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(find("memory").1, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert_eq!(find("memory").2, "/process_api/abc");
+        assert_eq!(find("pids").2, "/user.slice");
+        assert_eq!(find("cpu").1, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+    }
+
+    #[test]
+    fn unified_hosts_use_v2_at_our_own_cgroup() {
+        let h = parse("", "0::/user.slice/user-1000.slice/session-2.scope\n", true);
+        assert_eq!(
+            h,
+            Hierarchy::V2 {
+                mount: PathBuf::from("/sys/fs/cgroup"),
+                own: "/user.slice/user-1000.slice/session-2.scope".into()
+            }
+        );
+        assert_eq!(parse("", "", false), Hierarchy::None);
+    }
+
+    #[test]
+    fn scopes_differ_per_store() {
+        assert_ne!(scope_for(Path::new("/a")), scope_for(Path::new("/b")));
+        assert!(scope_for(Path::new("/a")).starts_with("airlock"));
+    }
 }

@@ -395,3 +395,74 @@ fn exec_takes_env_and_workdir_and_ls_lists_json() {
         assert!(env.airlock(&["rm", "-f", &name]).status.success());
     }
 }
+
+/// Limits land in whichever cgroup hierarchy the host has (v1 here, v2 on current distributions),
+/// or in rlimits where no cgroup can be created; `inspect` says which.
+#[test]
+fn limits_are_enforced_by_the_hosts_cgroups_or_rlimits() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        let name = unique("limits");
+        let args = [
+            "create", "--name", &name, "--memory", "128m", "--pids", "77", "--cpus", "0.5",
+        ];
+        assert!(env.airlock(&args).status.success());
+        assert!(env.airlock(&["start", &name]).status.success());
+        let info = inspect(&env, &name);
+        let how = info["limits_enforcement"].as_str().unwrap().to_string();
+        let dirs: Vec<std::path::PathBuf> = info["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().into())
+            .collect();
+        let read = |f: &str| {
+            dirs.iter()
+                .find_map(|d| std::fs::read_to_string(d.join(f)).ok())
+                .map(|s| s.trim().to_string())
+        };
+        if how == "cgroup v1" {
+            assert_eq!(read("memory.limit_in_bytes").as_deref(), Some("134217728"));
+            assert_eq!(read("pids.max").as_deref(), Some("77"));
+            assert_eq!(read("cpu.cfs_quota_us").as_deref(), Some("50000"));
+        } else if how == "cgroup v2" {
+            assert_eq!(read("memory.max").as_deref(), Some("134217728"));
+            assert_eq!(read("pids.max").as_deref(), Some("77"));
+            assert_eq!(read("cpu.max").as_deref(), Some("50000 100000"));
+        } else {
+            assert!(!who.is_root(), "root always gets a cgroup: {how}");
+            assert!(how.starts_with("rlimits ("), "{how}");
+            let out = env.airlock(&[
+                "exec",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "grep -E 'Max processes|Max address space' /proc/self/limits",
+            ]);
+            let o = stdout(&out);
+            assert!(
+                o.lines()
+                    .any(|l| l.starts_with("Max processes") && l.contains(" 77 ")),
+                "{o}"
+            );
+            assert!(
+                o.lines()
+                    .any(|l| l.starts_with("Max address space") && l.contains("134217728")),
+                "{o}"
+            );
+        }
+        // The sandbox's own processes are in it.
+        if let Some(procs) = read("cgroup.procs") {
+            let init = info["init_pid"].as_i64().unwrap().to_string();
+            assert!(
+                procs.lines().any(|p| p == init),
+                "init {init} not in {procs}"
+            );
+        }
+        assert!(env.airlock(&["rm", "-f", &name]).status.success());
+        for d in &dirs {
+            assert!(!d.exists(), "rm removes {}", d.display());
+        }
+    }
+}
