@@ -1,0 +1,885 @@
+#!/usr/bin/env python3
+"""Airlock benchmark harness (issue 7). Python 3.11 standard library only.
+
+Run it through `bench/run` (installs the comparison tools, builds airlock). Direct use:
+
+    python3 bench/airbench.py --airlock target/release/airlock [--quick] [--density N] [--only 1,2]
+
+Every case measures Airlock and its alternative on the same machine in the same run, with
+the alternatives interleaved run by run (A,B,C,A,B,C...), and reports median and p90. Results
+go to bench/results/<date>-<host>.json and bench/results/latest.json.
+
+Cases are entries of CASES below; a case that is not available yet (network gate, VM tier)
+is a function returning {"available": False, ...}, so adding it later means filling in the
+function and its targets.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+WORKLOAD = os.path.join(HERE, "workload")
+PY = "/usr/bin/python3"  # the system interpreter: visible inside the sandbox (private $HOME hides pyenv)
+MIB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement helpers
+
+
+def devnull_fd() -> int:
+    return os.open(os.devnull, os.O_RDWR)
+
+
+_NULL = None
+
+
+def spawn_wait_ns(argv: list[str], cwd: str | None = None, env: dict | None = None) -> tuple[int, int]:
+    """Run argv with stdio on /dev/null; return (wall ns, exit status). posix_spawn keeps the
+    harness's own overhead small and identical for every alternative."""
+    global _NULL
+    if _NULL is None:
+        _NULL = devnull_fd()
+    fa = [
+        (os.POSIX_SPAWN_DUP2, _NULL, 0),
+        (os.POSIX_SPAWN_DUP2, _NULL, 1),
+        (os.POSIX_SPAWN_DUP2, _NULL, 2),
+    ]
+    path = argv[0] if "/" in argv[0] else shutil.which(argv[0])
+    if cwd is not None:
+        old = os.getcwd()
+        os.chdir(cwd)
+    try:
+        t0 = time.perf_counter_ns()
+        pid = os.posix_spawn(path, argv, env if env is not None else os.environ, file_actions=fa)
+        _, status = os.waitpid(pid, 0)
+        t1 = time.perf_counter_ns()
+    finally:
+        if cwd is not None:
+            os.chdir(old)
+    return t1 - t0, os.waitstatus_to_exitcode(status)
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * p / 100.0
+    f = int(k)
+    c = min(f + 1, len(s) - 1)
+    return s[f] + (s[c] - s[f]) * (k - f)
+
+
+def summary(samples_ms: list[float]) -> dict:
+    return {
+        "n": len(samples_ms),
+        "median_ms": round(statistics.median(samples_ms), 4) if samples_ms else None,
+        "p90_ms": round(pct(samples_ms, 90), 4) if samples_ms else None,
+        "min_ms": round(min(samples_ms), 4) if samples_ms else None,
+        "mean_ms": round(statistics.fmean(samples_ms), 4) if samples_ms else None,
+        "samples_ms": [round(x, 3) for x in samples_ms],
+    }
+
+
+def interleave(alts: dict, runs: int, warmup: int, log) -> dict:
+    """alts: name -> callable() returning (ns, rc). Runs A,B,C,A,B,C,... (the starting
+    alternative rotates every round so none is always first). Returns name -> summary."""
+    names = list(alts)
+    for _ in range(warmup):
+        for n in names:
+            alts[n]()
+    samples = {n: [] for n in names}
+    failures = {n: 0 for n in names}
+    for r in range(runs):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            ns, rc = alts[n]()
+            if rc != 0:
+                failures[n] += 1
+                if failures[n] > max(3, runs // 20):
+                    raise RuntimeError(f"{n}: exits {rc} too often")
+                continue
+            samples[n].append(ns / 1e6)
+        if log and (r + 1) % max(1, runs // 4) == 0:
+            log(f"    {r + 1}/{runs} rounds")
+    out = {}
+    for n in names:
+        out[n] = summary(samples[n])
+        out[n]["failures"] = failures[n]
+    return out
+
+
+def run_capture(argv, cwd=None, env=None, check=True, timeout=None) -> subprocess.CompletedProcess:
+    p = subprocess.run(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+    )
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} -> {p.returncode}: {p.stderr.strip()[-800:]}")
+    return p
+
+
+def meminfo() -> dict:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def pss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# environment
+
+
+class Env:
+    def __init__(self, args):
+        self.args = args
+        self.airlock = os.path.abspath(args.airlock)
+        self.root = tempfile.mkdtemp(prefix="airbench-", dir=args.tmpdir)
+        self.home = os.path.join(self.root, "home")  # AIRLOCK_HOME: all Airlock state
+        self.ws = os.path.join(self.root, "ws")  # sandbox workspace (cow overlay inside)
+        self.host = os.path.join(self.root, "host")  # host-side twin of the workspace
+        for d in (self.home, self.ws, self.host):
+            os.makedirs(d)
+        self.env = dict(os.environ, AIRLOCK_HOME=self.home)
+        self.sandboxes: dict[str, dict] = {}  # name -> environment (AIRLOCK_HOME) it lives in
+        self.runc_ids: set[str] = set()
+        self.runc_bundle = None
+        self.mounts: list[str] = []
+
+    def log(self, msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    def al(self, *a, check=True, cwd=None, timeout=120, env=None):
+        return run_capture([self.airlock, *a], cwd=cwd or self.ws, env=env or self.env, check=check, timeout=timeout)
+
+    def create_started(self, name: str, env=None, cwd=None, extra=()) -> dict:
+        self.sandboxes[name] = env or self.env
+        self.al("create", "--name", name, *extra, env=env, cwd=cwd)
+        self.al("start", name, env=env, cwd=cwd)
+        return json.loads(self.al("inspect", name, "--json", env=env, cwd=cwd).stdout)
+
+    def rm(self, *names):
+        for n in names:
+            env = self.sandboxes.pop(n, self.env)
+            self.al("rm", "-f", n, check=False, env=env)
+
+    def mount_tmpfs(self, path: str) -> bool:
+        os.makedirs(path, exist_ok=True)
+        if os.geteuid() != 0:
+            return False
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,mode=755", "airbench", path]).returncode:
+            return False
+        self.mounts.append(path)
+        return True
+
+    def cleanup(self):
+        if self.sandboxes:
+            self.log(f"cleanup: removing {len(self.sandboxes)} sandbox(es)")
+            for n in sorted(self.sandboxes):
+                self.rm(n)
+        for m in reversed(self.mounts):
+            subprocess.run(["umount", m], capture_output=True)
+        self.mounts = []
+        for cid in list(self.runc_ids):
+            subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
+        # anything the harness may have missed (a crash mid-case)
+        try:
+            left = json.loads(self.al("ls", "--json", check=False).stdout or "[]")
+            for sb in left:
+                self.rm(sb["name"])
+            self.al("gc", check=False)
+        except Exception as e:  # noqa: BLE001
+            self.log(f"cleanup: {e}")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# cases
+
+
+def bwrap_argv(ws: str) -> list[str]:
+    """bwrap with every namespace and a mount set comparable to Airlock's default: read-only
+    /usr with the merged-usr symlinks, its own /proc, a minimal /dev, a private /tmp and the
+    workspace bind-mounted at its own path (Airlock also gives /etc, /var, /opt, /srv copy-on-
+    write, a private home, seccomp and a cgroup, which bwrap here does not)."""
+    a = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+    for link in ("bin", "lib", "lib64", "sbin"):
+        p = "/" + link
+        if os.path.islink(p):
+            a += ["--symlink", os.readlink(p), p]
+        elif os.path.isdir(p):
+            a += ["--ro-bind", p, p]
+    a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", ws, ws, "--chdir", ws, "true"]
+    return a
+
+
+def make_runc_bundle(e: Env) -> str | None:
+    bb = shutil.which("busybox")
+    if not shutil.which("runc") or not bb:
+        return None
+    # a dynamically linked busybox would need its libraries in the rootfs
+    if b"ld-linux" in open(bb, "rb").read(4096 * 4):
+        e.log("runc: busybox is not static (install busybox-static); skipping runc")
+        return None
+    b = os.path.join(e.root, "runc-bundle")
+    os.makedirs(os.path.join(b, "rootfs", "bin"))
+    shutil.copy(bb, os.path.join(b, "rootfs", "bin", "busybox"))
+    for t in ("true", "sh"):
+        os.symlink("busybox", os.path.join(b, "rootfs", "bin", t))
+    run_capture(["runc", "spec"], cwd=b)
+    cfgp = os.path.join(b, "config.json")
+    cfg = json.load(open(cfgp))
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = ["/bin/true"]
+    json.dump(cfg, open(cfgp, "w"), indent=1)
+    return b
+
+
+def case_cold(e: Env) -> dict:
+    a = e.args
+    alts = {}
+    alts["airlock run --rm"] = lambda: spawn_wait_ns([e.airlock, "run", "--rm", "--", "true"], e.ws, e.env)
+    # diagnostic twin: the same command with AIRLOCK_HOME (state dir + overlay layers) on a tmpfs,
+    # to separate the cost of the state filesystem from the rest of the start path
+    fs = os.path.join(e.root, "tmpfs-cold")
+    if e.mount_tmpfs(fs):
+        tenv = dict(e.env, AIRLOCK_HOME=os.path.join(fs, "home"))
+        tws = os.path.join(fs, "ws")
+        os.makedirs(tws)
+        alts["airlock run --rm, state on tmpfs"] = lambda: spawn_wait_ns(
+            [e.airlock, "run", "--rm", "--", "true"], tws, tenv)
+    if shutil.which("bwrap"):
+        bw = bwrap_argv(e.ws)
+        alts["bwrap"] = lambda: spawn_wait_ns(bw, e.ws)
+    bundle = make_runc_bundle(e)
+    if bundle:
+        counter = [0]
+
+        def runc_once():
+            counter[0] += 1
+            cid = f"airbench-{os.getpid()}-{counter[0]}"
+            e.runc_ids.add(cid)
+            r = spawn_wait_ns(["runc", "run", "--bundle", bundle, cid], bundle)
+            # `runc run` deletes the container when its process exits; make sure of it
+            if os.path.exists(f"/run/runc/{cid}"):
+                subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
+            e.runc_ids.discard(cid)
+            return r
+
+        alts["runc run"] = runc_once
+    alts["bare true"] = lambda: spawn_wait_ns(["true"], e.ws)
+    res = interleave(alts, a.cold_runs, a.warmup, e.log)
+    left = json.loads(e.al("ls", "--json").stdout)
+    if fs in e.mounts and subprocess.run(["umount", fs]).returncode == 0:
+        e.mounts.remove(fs)
+    out = {"available": True, "results": res, "runs": a.cold_runs, "bwrap_argv": bwrap_argv(e.ws),
+           "leftover_sandboxes": len(left)}
+    if "bwrap" in res:
+        out["ratio_to_bwrap"] = round(res["airlock run --rm"]["median_ms"] / res["bwrap"]["median_ms"], 3)
+    if "runc run" in res:
+        out["ratio_to_runc"] = round(res["airlock run --rm"]["median_ms"] / res["runc run"]["median_ms"], 3)
+    return out
+
+
+def case_exec(e: Env) -> dict:
+    a = e.args
+    info = e.create_started("bench-exec")
+    pid = info["init_pid"]
+    try:
+        alts = {
+            "airlock exec": lambda: spawn_wait_ns([e.airlock, "exec", "bench-exec", "--", "true"], e.ws, e.env),
+            "nsenter": lambda: spawn_wait_ns(
+                ["nsenter", "-t", str(pid), "-U", "-m", "-p", "-i", "-u", "-n", "--preserve-credentials", "true"], e.ws
+            ),
+        }
+        res = interleave(alts, a.exec_runs, a.warmup, e.log)
+    finally:
+        e.rm("bench-exec")
+    return {
+        "available": True,
+        "results": res,
+        "runs": a.exec_runs,
+        "ratio_to_nsenter": round(res["airlock exec"]["median_ms"] / res["nsenter"]["median_ms"], 3),
+    }
+
+
+def timed_capture(argv, cwd, env=None) -> tuple[float, str]:
+    t0 = time.perf_counter_ns()
+    p = run_capture(argv, cwd=cwd, env=env, timeout=900)
+    return (time.perf_counter_ns() - t0) / 1e6, p.stdout
+
+
+def case_workload(e: Env) -> dict:
+    """Workloads inside a running sandbox (`airlock exec`) vs the same command on the host, on the
+    same filesystem, alternating host/sandbox run by run. The sandbox's workspace is a cow overlay
+    whose upper layer lives in AIRLOCK_HOME, so AIRLOCK_HOME sits on the same filesystem as the host
+    twin directory. Three workloads:
+      files-tmpfs  N small files on a tmpfs (AIRLOCK_HOME and the host twin both on that tmpfs):
+                   the overhead of overlay + seccomp + namespaces without disk noise;
+      files-disk   N/10 small files on the root disk (ext4 here), sync before every run
+                   (informational: disk latency here varies 3x between identical host runs);
+      build        a generated C project, gcc -O2 -pipe, make -j2, on the root disk."""
+    a = e.args
+    n = a.files
+    out = {"available": True, "n_files": n, "n_files_disk": n // 10, "reps": a.work_reps,
+           "build_units": a.build_units}
+    fs = os.path.join(e.root, "tmpfs")
+    have_tmpfs = e.mount_tmpfs(fs)
+    tenv = dict(os.environ, AIRLOCK_HOME=os.path.join(fs, "home"))
+    tws, thost = os.path.join(fs, "ws"), os.path.join(fs, "host")
+    for d in (tws, thost):
+        os.makedirs(d, exist_ok=True)
+    for d in (e.ws, tws):
+        shutil.copy(os.path.join(WORKLOAD, "files.py"), d)
+    # the same generated C project in the workspace (lower layer) and on the host, same filesystem
+    for d in (e.ws, e.host):
+        run_capture([PY, os.path.join(WORKLOAD, "gen_cproj.py"), os.path.join(d, "cproj"), str(a.build_units)])
+    e.create_started("bench-work")
+    e.create_started("bench-work-rw", extra=("--workspace-mode", "rw"))
+    if have_tmpfs:
+        e.create_started("bench-work-tmpfs", env=tenv, cwd=tws)
+        e.create_started("bench-work-tmpfs-rw", env=tenv, cwd=tws, extra=("--workspace-mode", "rw"))
+    dscript, tscript = os.path.join(e.ws, "files.py"), os.path.join(tws, "files.py")
+    nd = str(n // 10)
+
+    def sync():
+        os.sync()
+
+    try:
+        # warm the compiler and the page cache once on each side (not measured)
+        run_capture(["make", "-s", "-j2", "-B"], cwd=os.path.join(e.host, "cproj"))
+        e.al("exec", "-w", os.path.join(e.ws, "cproj"), "bench-work", "--", "make", "-s", "-j2", "-B", timeout=900)
+        subj = {}
+        if have_tmpfs:
+            subj["files-tmpfs"] = (None, {
+                "host": lambda: timed_capture([PY, tscript, str(n), os.path.join(thost, "files-tmp")], thost),
+                "airlock": lambda: timed_capture(
+                    [e.airlock, "exec", "bench-work-tmpfs", "--", PY, tscript, str(n), os.path.join(tws, "files-tmp")],
+                    tws, tenv),
+                "airlock, rw workspace": lambda: timed_capture(
+                    [e.airlock, "exec", "bench-work-tmpfs-rw", "--", PY, tscript, str(n),
+                     os.path.join(tws, "files-tmp-rw")], tws, tenv),
+            })
+        subj["files-disk"] = (sync, {
+            "host": lambda: timed_capture([PY, dscript, nd, os.path.join(e.host, "files-tmp")], e.host),
+            "airlock": lambda: timed_capture(
+                [e.airlock, "exec", "bench-work", "--", PY, dscript, nd, os.path.join(e.ws, "files-tmp")],
+                e.ws, e.env),
+            "airlock, rw workspace": lambda: timed_capture(
+                [e.airlock, "exec", "bench-work-rw", "--", PY, dscript, nd, os.path.join(e.ws, "files-tmp-rw")],
+                e.ws, e.env),
+        })
+        subj["build"] = (None, {
+            "host": lambda: timed_capture(["make", "-s", "-j2", "-B"], os.path.join(e.host, "cproj")),
+            "airlock": lambda: timed_capture(
+                [e.airlock, "exec", "-w", os.path.join(e.ws, "cproj"), "bench-work", "--",
+                 "make", "-s", "-j2", "-B"], e.ws, e.env),
+        })
+        for wname, (pre, alts) in subj.items():
+            e.log(f"  workload {wname}: {a.work_reps} reps x {list(alts)}")
+            samples = {k: [] for k in alts}
+            phases = {k: [] for k in alts}
+            for r in range(a.work_reps):
+                k0 = r % len(alts)
+                order = list(alts)[k0:] + list(alts)[:k0]
+                for k in order:
+                    if pre:
+                        pre()
+                    ms, so = alts[k]()
+                    samples[k].append(ms)
+                    if wname.startswith("files"):
+                        try:
+                            phases[k].append(json.loads(so.strip().splitlines()[-1]))
+                        except (ValueError, IndexError):
+                            pass
+            res = {k: summary(v) for k, v in samples.items()}
+            for k in alts:
+                if phases[k]:
+                    res[k]["phases_median_s"] = {
+                        ph: round(statistics.median(p[ph] for p in phases[k]), 4) for ph in phases[k][0]
+                    }
+            ov = res["airlock"]["median_ms"] / res["host"]["median_ms"] - 1
+            ovm = res["airlock"]["min_ms"] / res["host"]["min_ms"] - 1
+            out[wname] = {"results": res, "overhead_pct": round(100 * ov, 2), "overhead_min_pct": round(100 * ovm, 2)}
+            if "airlock, rw workspace" in res:
+                ovr = res["airlock, rw workspace"]["median_ms"] / res["host"]["median_ms"] - 1
+                out[wname]["overhead_rw_pct"] = round(100 * ovr, 2)
+    finally:
+        e.rm("bench-work")
+        e.rm("bench-work-rw")
+        if have_tmpfs:
+            e.rm("bench-work-tmpfs")
+            e.rm("bench-work-tmpfs-rw")
+            if subprocess.run(["umount", fs]).returncode == 0:
+                e.mounts.remove(fs)
+    return out
+
+
+def cgroup_mem(paths: list[str]) -> int | None:
+    tot = None
+    for p in paths:
+        for f in ("memory.usage_in_bytes", "memory.current"):
+            fp = os.path.join(p, f)
+            if os.path.exists(fp):
+                tot = (tot or 0) + int(open(fp).read())
+                break
+    return tot
+
+
+def case_density(e: Env) -> dict:
+    a = e.args
+    n = a.density
+    conc = a.concurrency
+    names = [f"dens-{i:03d}" for i in range(n)]
+    time.sleep(0.5)
+    m0 = meminfo()
+
+    def par(fn, items):
+        t0 = time.perf_counter_ns()
+        with cf.ThreadPoolExecutor(max_workers=conc) as ex:
+            errs = [r for r in ex.map(fn, items) if r]
+        return (time.perf_counter_ns() - t0) / 1e9, errs
+
+    def create(nm):
+        e.sandboxes[nm] = e.env
+        p = e.al("create", "--name", nm, check=False)
+        return None if p.returncode == 0 else f"{nm}: {p.stderr.strip()}"
+
+    def start(nm):
+        p = e.al("start", nm, check=False)
+        return None if p.returncode == 0 else f"{nm}: {p.stderr.strip()}"
+
+    def rm(nm):
+        p = e.al("rm", "-f", nm, check=False)
+        e.sandboxes.pop(nm, None)
+        return None if p.returncode == 0 else f"{nm}: {p.stderr.strip()}"
+
+    out = {"available": True, "n": n, "concurrency": conc}
+    e.log(f"  creating {n} sandboxes, {conc} at a time")
+    t_create, err_c = par(create, names)
+    e.log(f"  starting {n} sandboxes, {conc} at a time")
+    t_start, err_s = par(start, names)
+    time.sleep(1.0)
+    m1 = meminfo()
+    per = []
+    for nm in names:
+        info = json.loads(e.al("inspect", nm, "--json").stdout)
+        pids = [info.get("supervisor_pid"), info.get("init_pid")] + list(info.get("pids") or [])
+        pids = sorted({p for p in pids if p})
+        pss = [pss_bytes(p) for p in pids]
+        rss = [rss_bytes(p) for p in pids]
+        per.append({
+            "name": nm, "state": info.get("state"), "pids": pids,
+            "pss": sum(x for x in pss if x), "rss": sum(x for x in rss if x),
+            "supervisor_pss": pss_bytes(info["supervisor_pid"]) if info.get("supervisor_pid") else None,
+            "init_pss": pss_bytes(info["init_pid"]) if info.get("init_pid") else None,
+            "cgroup_mem": cgroup_mem(info.get("cgroups") or []),
+            "inspect_memory_bytes": info.get("memory_bytes"),
+            "disk_used_bytes": info.get("disk_used_bytes"),
+            "cgroups": info.get("cgroups") or [],
+            "state_dir": info.get("state_dir"),
+        })
+    running = sum(1 for p in per if p["state"] == "running")
+    med = lambda k: statistics.median([p[k] for p in per if p[k] is not None]) if any(p[k] is not None for p in per) else None  # noqa: E731
+    d_avail = m0["MemAvailable"] - m1["MemAvailable"]
+    kern = {k: (m1[k] - m0[k]) / n for k in ("Slab", "SUnreclaim", "KernelStack", "PageTables") if k in m0}
+    out.update({
+        "create_s": round(t_create, 3), "start_s": round(t_start, 3),
+        "creates_per_s": round(n / t_create, 1), "starts_per_s": round(n / t_start, 1),
+        "ready_per_s": round(n / (t_create + t_start), 1),
+        "errors": (err_c + err_s)[:10], "running": running,
+        "pss_per_sandbox_mib": round(statistics.fmean(p["pss"] for p in per) / MIB, 3),
+        "pss_per_sandbox_median_mib": round(med("pss") / MIB, 3),
+        "supervisor_pss_median_mib": round(med("supervisor_pss") / MIB, 3) if med("supervisor_pss") else None,
+        "init_pss_median_mib": round(med("init_pss") / MIB, 3) if med("init_pss") else None,
+        "rss_per_sandbox_mib": round(statistics.fmean(p["rss"] for p in per) / MIB, 3),
+        "cgroup_mem_per_sandbox_mib": round(med("cgroup_mem") / MIB, 3) if med("cgroup_mem") is not None else None,
+        "memavailable_drop_per_sandbox_mib": round(d_avail / n / MIB, 3),
+        "kernel_per_sandbox_kib": {k: round(v / 1024, 1) for k, v in kern.items()},
+        "disk_per_sandbox_kib": round(med("disk_used_bytes") / 1024, 1) if med("disk_used_bytes") else None,
+    })
+    e.log(f"  removing {n} sandboxes, {conc} at a time")
+    t_rm, err_r = par(rm, names)
+    time.sleep(0.5)
+    m2 = meminfo()
+    # verify nothing is left: listing, processes, cgroups, mounts, state dirs
+    left = json.loads(e.al("ls", "--json").stdout)
+    alive = [pid for p in per for pid in p["pids"] if pid_alive(pid)]
+    cg_left = [c for p in per for c in p["cgroups"] if os.path.exists(c)]
+    mounts = [ln for ln in open("/proc/self/mountinfo") if e.root in ln]
+    dirs_left = [p["state_dir"] for p in per if p["state_dir"] and os.path.exists(p["state_dir"])]
+    out.update({
+        "rm_s": round(t_rm, 3), "rms_per_s": round(n / t_rm, 1), "rm_errors": err_r[:10],
+        "memavailable_recovered_per_sandbox_mib": round((m2["MemAvailable"] - m1["MemAvailable"]) / n / MIB, 3),
+        "leftovers": {"listed": len(left), "processes": len(alive), "cgroups": len(cg_left),
+                      "mounts": len(mounts), "state_dirs": len(dirs_left)},
+    })
+    out["all_removed"] = not any(out["leftovers"].values())
+    out["per_sandbox_sample"] = [{k: v for k, v in p.items() if k not in ("cgroups",)} for p in per[:3]]
+    return out
+
+
+def case_dispose(e: Env) -> dict:
+    a = e.args
+    sizes = a.dispose_sizes
+    script = os.path.join(e.ws, "files.py")
+    if not os.path.exists(script):
+        shutil.copy(os.path.join(WORKLOAD, "files.py"), e.ws)
+    res = {"rm (stopped)": {s: [] for s in sizes}, "rm -f (running)": {s: [] for s in sizes}}
+    upper = {}
+    for r in range(a.dispose_reps):
+        for s in sizes:
+            for variant in res:
+                nm = f"disp-{s}-{r}-{'s' if variant.startswith('rm (') else 'r'}"
+                info = e.create_started(nm)
+                if s:
+                    e.al("exec", nm, "--", PY, script, str(s), os.path.join(e.ws, "grown"), "write", timeout=600)
+                if s not in upper:
+                    upper[s] = json.loads(e.al("inspect", nm, "--json").stdout).get("disk_used_bytes")
+                if variant == "rm (stopped)":
+                    e.al("stop", "-t", "2", nm)
+                    argv = [e.airlock, "rm", nm]
+                else:
+                    argv = [e.airlock, "rm", "-f", nm]
+                ns, rc = spawn_wait_ns(argv, e.ws, e.env)
+                if rc != 0:
+                    raise RuntimeError(f"{' '.join(argv)} -> {rc}")
+                e.sandboxes.pop(nm, None)
+                if info.get("state_dir") and os.path.exists(info["state_dir"]):
+                    raise RuntimeError(f"{nm}: state dir left after rm")
+                res[variant][s].append(ns / 1e6)
+        e.log(f"    rep {r + 1}/{a.dispose_reps}")
+    out = {"available": True, "reps": a.dispose_reps, "results": {}}
+    for variant, by in res.items():
+        out["results"][variant] = {str(s): summary(v) for s, v in by.items()}
+    out["disk_used_bytes"] = {str(k): v for k, v in upper.items()}
+    return out
+
+
+def case_unavailable(what: str):
+    def f(e: Env) -> dict:
+        return {"available": False, "note": f"not available in this build ({what})"}
+
+    return f
+
+
+# id, key, title, function. Keep the ids of issue 7.
+CASES = [
+    ("1", "cold", "Cold one-shot start: run --rm -- true", case_cold),
+    ("2", "exec", "Exec into a running sandbox", case_exec),
+    ("3", "workload", "Workload inside vs on the host", case_workload),
+    ("4", "netgate", "Network gate", case_unavailable("the network gate is not wired into airlock yet")),
+    ("5", "density", "Density: N idle sandboxes", case_density),
+    ("6", "dispose", "Dispose: rm as the upper layer grows", case_dispose),
+    ("7", "vm", "VM tier", case_unavailable("the VM tier has not landed")),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# targets (issue 7)
+
+
+def targets(c: dict) -> list[dict]:
+    t = []
+
+    def add(case, what, value, unit, goal, ok):
+        t.append({"case": case, "target": what, "value": value, "unit": unit, "goal": goal,
+                  "met": None if value is None else bool(ok)})
+
+    cold = c.get("cold", {})
+    if cold.get("available"):
+        v = cold.get("ratio_to_bwrap")
+        add("1", "cold start ratio to bwrap", v, "x", "<= 1.0", v is not None and v <= 1.0)
+    ex = c.get("exec", {})
+    if ex.get("available"):
+        v = ex["results"]["airlock exec"]["median_ms"]
+        add("2", "exec latency (median)", v, "ms", "<= 3 ms", v <= 3.0)
+    w = c.get("workload", {})
+    if w.get("available"):
+        for k in ("files-tmpfs", "build"):
+            if k in w:
+                v = w[k]["overhead_pct"]
+                add("3", f"workload overhead: {k} (median)", v, "%", "<= 3 %", v <= 3.0)
+    if c.get("netgate", {}).get("available") is False:
+        add("4", "gate: new connection / throughput", None, "", "<= 1 ms, >= 80 %", None)
+    d = c.get("density", {})
+    if d.get("available"):
+        v = d["pss_per_sandbox_mib"]
+        add("5", "host memory per idle sandbox (PSS supervisor+init)", v, "MiB", "<= 3 MiB", v <= 3.0)
+        v2 = d["memavailable_drop_per_sandbox_mib"]
+        add("5", "host memory per idle sandbox (MemAvailable drop, all-in)", v2, "MiB", "<= 3 MiB", v2 <= 3.0)
+        v3 = d["creates_per_s"]
+        add("5", "parallel creates per second (create)", v3, "/s", ">= 100/s", v3 >= 100)
+        v4 = d["ready_per_s"]
+        add("5", "parallel creates per second (create + start)", v4, "/s", ">= 100/s", v4 >= 100)
+    if c.get("vm", {}).get("available") is False:
+        add("7", "VM boot to first exec", None, "", "(no target yet)", None)
+    return t
+
+
+# ----------------------------------------------------------------------------------------------
+# machine info
+
+
+def sh(argv) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout or p.stderr).strip()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def machine(airlock: str) -> dict:
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for ln in f:
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    flags = open("/proc/cpuinfo").read()
+    mi = meminfo()
+    cg_root = sh(["stat", "-fc", "%T", "/sys/fs/cgroup"])
+    if cg_root == "cgroup2fs":
+        cgv = "v2"
+    elif os.path.exists("/sys/fs/cgroup/unified") and sh(["stat", "-fc", "%T", "/sys/fs/cgroup/unified"]) == "cgroup2fs":
+        cgv = "v1 hybrid (v2 at /sys/fs/cgroup/unified)"
+    else:
+        cgv = "v1"
+    parts = []
+    if " hypervisor" in flags:
+        prod = "/sys/class/dmi/id/product_name"
+        if os.path.exists(prod):
+            parts.append(f"VM guest ({open(prod).read().strip()})")
+        elif "-fc-" in platform.release():
+            parts.append("VM guest (Firecracker kernel)")
+        else:
+            parts.append("VM guest")
+    dv = sh(["systemd-detect-virt", "--container"]) if shutil.which("systemd-detect-virt") else ""
+    if dv and dv != "none":
+        parts.append(f"container: {dv}")
+    virt = ", ".join(parts) or "bare metal"
+    commit = sh(["git", "-C", REPO, "rev-parse", "HEAD"])
+    dirty = sh(["git", "-C", REPO, "status", "--porcelain", "--", "crates", "Cargo.lock", "Cargo.toml"])
+    return {
+        "host": socket.gethostname(), "kernel": platform.release(), "arch": platform.machine(),
+        "cpu": cpu, "cores": os.cpu_count(), "mem_total_mib": mi["MemTotal"] // MIB,
+        "cgroup": cgv, "virtualization": virt,
+        "airlock_commit": commit, "airlock_tree_dirty": bool(dirty),
+        "airlock_version": sh([airlock, "--version"]),
+        "bwrap": sh(["bwrap", "--version"]), "runc": sh(["runc", "--version"]).splitlines()[0] if shutil.which("runc") else "",
+        "gcc": sh(["gcc", "--version"]).splitlines()[0] if shutil.which("gcc") else "",
+        "python": platform.python_version(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def fmt_ms(x):
+    if x is None:
+        return "-"
+    return f"{x * 1000:.0f} µs" if x < 1 else (f"{x:.2f} ms" if x < 100 else f"{x / 1000:.2f} s")
+
+
+def table(c: dict, tg: list[dict], m: dict) -> str:
+    L = []
+    L.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_total_mib']} MiB, kernel {m['kernel']}, "
+             f"cgroup {m['cgroup']}, {m['virtualization']}")
+    L.append(f"Airlock {m['airlock_commit'][:12]}{' (dirty tree)' if m['airlock_tree_dirty'] else ''}")
+    L.append("")
+    L.append("| case | variant | median | p90 | ratio |")
+    L.append("|---|---|---:|---:|---:|")
+    for cid, key, title, _ in CASES:
+        r = c.get(key)
+        if r is None:
+            continue
+        if not r.get("available"):
+            L.append(f"| {cid}. {title} | {r.get('note')} | - | - | - |")
+            continue
+        if key == "cold":
+            base = r["results"].get("bwrap", {}).get("median_ms")
+            for v, s in r["results"].items():
+                ratio = f"{s['median_ms'] / base:.2f}x bwrap" if base else ""
+                L.append(f"| 1. cold start | {v} | {fmt_ms(s['median_ms'])} | {fmt_ms(s['p90_ms'])} | {ratio} |")
+        elif key == "exec":
+            base = r["results"]["nsenter"]["median_ms"]
+            for v, s in r["results"].items():
+                L.append(f"| 2. exec `true` | {v} | {fmt_ms(s['median_ms'])} | {fmt_ms(s['p90_ms'])} | "
+                         f"{s['median_ms'] / base:.2f}x nsenter |")
+        elif key == "workload":
+            for w, label in (("files-tmpfs", f"{r['n_files']:,} files create/stat/delete, tmpfs"),
+                             ("files-disk", f"{r['n_files_disk']:,} files create/stat/delete, ext4 disk"),
+                             ("build", f"C build ({r['build_units']} units, gcc -O2, make -j2)")):
+                if w not in r:
+                    continue
+                for v, s in r[w]["results"].items():
+                    h = r[w]["results"]["host"]
+                    ratio = "" if v == "host" else (
+                        f"{100 * (s['median_ms'] / h['median_ms'] - 1):+.1f} % vs host "
+                        f"(min/min {100 * (s['min_ms'] / h['min_ms'] - 1):+.1f} %)")
+                    L.append(f"| 3. {label} | {v} | {fmt_ms(s['median_ms'])} | {fmt_ms(s['p90_ms'])} | {ratio} |")
+        elif key == "density":
+            n = r["n"]
+            L.append(f"| 5. density ({n} idle) | parallel create ({r['concurrency']} at a time) | {r['creates_per_s']}/s | | {r['create_s']} s total |")
+            L.append(f"| 5. density ({n} idle) | parallel start | {r['starts_per_s']}/s | | {r['start_s']} s total |")
+            L.append(f"| 5. density ({n} idle) | create + start (ready to exec) | {r['ready_per_s']}/s | | |")
+            L.append(f"| 5. density ({n} idle) | PSS supervisor+init per sandbox | {r['pss_per_sandbox_mib']} MiB | | sup {r['supervisor_pss_median_mib']} + init {r['init_pss_median_mib']} MiB |")
+            L.append(f"| 5. density ({n} idle) | RSS supervisor+init per sandbox | {r['rss_per_sandbox_mib']} MiB | | |")
+            cgm = r["cgroup_mem_per_sandbox_mib"]
+            L.append(f"| 5. density ({n} idle) | memory cgroup usage per sandbox | "
+                     f"{'n/a' if cgm is None else str(cgm) + ' MiB'} | | "
+                     f"{'no memory cgroup without --memory' if cgm is None else ''} |")
+            kk = ", ".join(f"{k} {v}" for k, v in r["kernel_per_sandbox_kib"].items())
+            L.append(f"| 5. density ({n} idle) | MemAvailable drop per sandbox | {r['memavailable_drop_per_sandbox_mib']} MiB | | kernel KiB/sandbox: {kk} |")
+            L.append(f"| 5. density ({n} idle) | parallel rm -f | {r['rms_per_s']}/s | | all removed: {r['all_removed']} |")
+        elif key == "dispose":
+            for v, by in r["results"].items():
+                for s, st in by.items():
+                    L.append(f"| 6. dispose | {v}, {int(s):,} files in upper | {fmt_ms(st['median_ms'])} | {fmt_ms(st['p90_ms'])} | |")
+    L.append("")
+    L.append("| target | value | goal | met |")
+    L.append("|---|---:|---|---|")
+    for t in tg:
+        v = "-" if t["value"] is None else f"{t['value']} {t['unit']}"
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        L.append(f"| {t['case']}. {t['target']} | {v} | {t['goal']} | {met} |")
+    return "\n".join(L)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--airlock", default=os.path.join(REPO, "target/release/airlock"))
+    ap.add_argument("--quick", action="store_true", help="fewer runs and smaller workloads (smoke run, < 2 min)")
+    ap.add_argument("--only", default="", help="comma-separated case ids or names, e.g. 1,2 or cold,exec")
+    ap.add_argument("--density", type=int, default=None, help="idle sandboxes for case 5 (default 50, max 200)")
+    ap.add_argument("--concurrency", type=int, default=2 * (os.cpu_count() or 1),
+                    help="parallel airlock processes in case 5 (default: 2 x cores)")
+    ap.add_argument("--runs", type=int, default=None, help="override runs for cases 1 and 2")
+    ap.add_argument("--tmpdir", default=None, help="where to put the temporary workspace and AIRLOCK_HOME")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
+    ap.add_argument("--no-save", action="store_true", help="print only, write no JSON")
+    a = ap.parse_args()
+
+    q = a.quick
+    a.cold_runs = a.runs or (40 if q else 200)
+    a.exec_runs = a.runs or (60 if q else 300)
+    a.warmup = 3 if q else 10
+    a.files = 20000 if q else 100000
+    a.work_reps = 2 if q else 5
+    a.build_units = 8 if q else 12
+    a.density = min(200, a.density or (20 if q else 50))
+    a.dispose_sizes = [0, 1000, 10000]
+    a.dispose_reps = 2 if q else 5
+    want = {x.strip() for x in a.only.split(",") if x.strip()}
+
+    if os.geteuid() != 0:
+        print("note: not root; runc and nsenter comparisons need root and may fail", file=sys.stderr)
+    e = Env(a)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    results = {}
+    t_all = time.perf_counter()
+    m = machine(e.airlock)
+    # Execution order: the cases that create and delete many files on the disk (3, 6) run last.
+    # On an ext4 without a journal (this VM's root disk) inode allocation scans past inodes deleted
+    # in the last 60-300 s (ext4 recently_deleted()), so heavy deletion slows every later mkdir.
+    order = ["cold", "exec", "density", "workload", "dispose", "netgate", "vm"]
+    try:
+        for cid, key, title, fn in sorted(CASES, key=lambda c: order.index(c[1]) if c[1] in order else 99):
+            if want and cid not in want and key not in want:
+                continue
+            e.log(f"[{cid}] {title}")
+            t0 = time.perf_counter()
+            try:
+                results[key] = fn(e)
+            except Exception as ex:  # noqa: BLE001  # one failed case must not lose the others
+                e.log(f"  FAILED: {ex}")
+                results[key] = {"available": True, "error": str(ex)}
+            results[key]["elapsed_s"] = round(time.perf_counter() - t0, 1)
+            e.log(f"  done in {results[key]['elapsed_s']} s")
+    except KeyboardInterrupt:
+        e.log("interrupted; cleaning up")
+        e.cleanup()
+        sys.exit(130)
+    finally:
+        if e.root and os.path.exists(e.root):
+            e.cleanup()
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    tg = targets(ok)
+    doc = {
+        "schema": 1,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": m,
+        "config": {k: getattr(a, k) for k in ("quick", "cold_runs", "exec_runs", "warmup", "files", "work_reps",
+                                              "build_units", "density", "concurrency", "dispose_sizes", "dispose_reps")},
+        "cases": results,
+        "targets": tg,
+        "elapsed_s": round(time.perf_counter() - t_all, 1),
+    }
+    print(table(ok, tg, m))
+    for k, v in results.items():
+        if "error" in v:
+            print(f"\ncase {k} FAILED: {v['error']}")
+    print(f"\ntotal {doc['elapsed_s']} s")
+    if not a.no_save:
+        os.makedirs(a.out, exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+        suffix = "-quick" if q else ""
+        p = os.path.join(a.out, f"{stamp}-{m['host']}{suffix}.json")
+        for path in (p, os.path.join(a.out, "latest.json")):
+            with open(path, "w") as f:
+                json.dump(doc, f, indent=1)
+        print(f"wrote {p} and {os.path.join(a.out, 'latest.json')}")
+    sys.exit(1 if any("error" in v for v in results.values()) else 0)
+
+
+if __name__ == "__main__":
+    main()
