@@ -56,6 +56,22 @@ pub struct Limits {
     pub timeout_secs: Option<f64>,
 }
 
+/// Network settings given at creation (`--net`, `--allow`, `--deny`, `--host-port`, `-p`).
+/// Kept as text here; the network tier parses and validates them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// `none` (default), `balanced` or `open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Host loopback ports reachable inside as `host.airlock.internal:PORT`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<u16>,
+}
+
 /// The identity the agent runs as inside: by default the invoking user's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxUser {
@@ -77,6 +93,8 @@ pub struct SandboxSpec {
     /// Extra environment (from `-e` and `--env-file`), in order.
     pub env: Vec<(String, String)>,
     pub user: SandboxUser,
+    #[serde(default)]
+    pub network: NetworkSpec,
     /// Delete the sandbox when its command exits (`run --rm`).
     pub ephemeral: bool,
     /// Seconds since the Unix epoch.
@@ -101,6 +119,9 @@ pub struct RuntimeState {
     pub cgroups: Vec<PathBuf>,
     /// Whether the system directories are copy-on-write ("cow") or read-only ("ro"), and why.
     pub system_mode: String,
+    /// How the sandbox's network is wired.
+    #[serde(default)]
+    pub network: String,
 }
 
 /// Seconds since the Unix epoch, now.

@@ -377,6 +377,7 @@ mod tests {
                 home: "/home/u".into(),
                 shell: "/bin/sh".into(),
             },
+            network: NetworkSpec::default(),
             ephemeral: false,
             created_at: 0,
         }

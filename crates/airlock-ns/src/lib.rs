@@ -13,6 +13,7 @@ pub mod init;
 pub mod layers;
 pub mod mounts;
 pub mod namespaces;
+pub mod net;
 pub mod process;
 pub mod pty;
 pub mod rlimits;
@@ -66,7 +67,9 @@ impl Backend for NamespaceBackend {
         })?;
         // SAFETY: geteuid cannot fail.
         let system_cow = namespaces::IdMap::for_invoker(unsafe { libc::geteuid() }, 0).full_range;
-        layers::Layers::new(dir).create(system_cow).map_err(tier)
+        layers::Layers::new(dir)
+            .create(system_cow && !spec.ephemeral)
+            .map_err(tier)
     }
 
     fn start(&self, store: &Store, spec: &SandboxSpec) -> Result<RuntimeState, BackendError> {

@@ -62,6 +62,8 @@ pub fn sandbox_env(
             env.push((k, v));
         }
     }
+    // Proxy-aware clients go straight to the policy gate; everything else is captured anyway.
+    env.extend(airlock_net::proxy_env(&crate::net::proxy_url()));
     if tty && !env.iter().any(|(k, _)| k == "TERM") {
         env.push(("TERM".into(), "xterm-256color".into()));
     }

@@ -122,6 +122,8 @@ fn rlimits_of(spec: &SandboxSpec, state: &RuntimeState) -> Rlimits {
 
 pub struct Booted {
     pub init_pid: i32,
+    /// The sandbox's network sockets, to be served by [`crate::net::SandboxNet`].
+    pub net: Option<crate::net::InsideSockets>,
     pub sock: OwnedFd,
     pub enforcement: Enforcement,
     pub system_mode: String,
@@ -142,12 +144,21 @@ fn boot(
     let root = runtime.join("root");
     std::fs::create_dir_all(&root).map_err(|e| NsError::path(&root, e))?;
     let layers = Layers::new(&store.paths.sandbox_dir(&spec.name));
-    if idmap.full_range {
+    if idmap.full_range && !spec.ephemeral {
         // A sandbox created rootless and started as root gains its system layers here.
         layers.create(true)?;
     }
     let state_dirs = [store.paths.data.clone(), store.paths.runtime.clone()];
-    let plan = MountPlan::for_sandbox(spec, layers, root, idmap.full_range, &state_dirs);
+    let mut plan = MountPlan::for_sandbox(spec, layers, root, idmap.full_range, &state_dirs);
+    let resolv = runtime.join("resolv.conf");
+    std::fs::write(&resolv, crate::net::resolv_conf()).map_err(|e| NsError::path(&resolv, e))?;
+    plan.resolv_conf = Some(resolv);
+    plan.network_capture = crate::net::needs_capture(store, spec);
+    if spec.ephemeral {
+        let dir = runtime.join("layers");
+        std::fs::create_dir_all(&dir).map_err(|e| NsError::path(&dir, e))?;
+        plan.volatile_layers = Some(dir);
+    }
     let system_mode = if idmap.full_range {
         "cow".to_string()
     } else {
@@ -202,11 +213,22 @@ fn boot(
         return Err(fail(e));
     }
     send_byte(MSG_IN_CGROUP);
-    let mut buf = vec![0u8; 4096];
-    let n = recv(parent_sock.as_raw_fd(), &mut buf);
+    // First the network sockets (or an early error), then "ready" (or the error).
+    let (net, mut buf, mut n) = match crate::net::InsideSockets::recv(parent_sock.as_raw_fd()) {
+        Ok(Ok(sockets)) => (Some(sockets), vec![0u8; 4096], 0),
+        Ok(Err(bytes)) => {
+            let n = bytes.len();
+            (None, bytes, n)
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    if net.is_some() {
+        n = recv(parent_sock.as_raw_fd(), &mut buf);
+    }
     match buf.first() {
         Some(&MSG_READY) if n >= 1 => Ok(Booted {
             init_pid: pid,
+            net,
             sock: parent_sock,
             enforcement,
             system_mode,
@@ -221,7 +243,25 @@ fn boot(
     }
 }
 
-fn runtime_state(booted: &Booted) -> RuntimeState {
+/// Serve the sandbox's network (gate, resolver, capture) for as long as the value lives.
+fn start_network(
+    store: &Store,
+    spec: &SandboxSpec,
+    booted: &mut Booted,
+) -> Result<Option<crate::net::SandboxNet>> {
+    let Some(sockets) = booted.net.take() else {
+        return Ok(None);
+    };
+    let net = crate::net::SandboxNet::start(store, spec, sockets)?;
+    net.watch(
+        spec.clone(),
+        crate::net::paths(store, spec),
+        Duration::from_millis(500),
+    );
+    Ok(Some(net))
+}
+
+fn runtime_state(booted: &Booted, net: Option<&crate::net::SandboxNet>) -> RuntimeState {
     let me = std::process::id() as i32;
     RuntimeState {
         init_pid: booted.init_pid,
@@ -237,6 +277,9 @@ fn runtime_state(booted: &Booted) -> RuntimeState {
             .map(|c| c.dirs.clone())
             .unwrap_or_default(),
         system_mode: booted.system_mode.clone(),
+        network: net
+            .map(|n| n.description.clone())
+            .unwrap_or_else(|| "loopback only".into()),
     }
 }
 
@@ -421,14 +464,26 @@ pub fn run_foreground(
         }
     };
     let booted = boot(store, spec, &seccomp, enforcement, Some(&cmd));
-    let booted = match booted {
+    let mut booted = match booted {
         Ok(b) => b,
         Err(e) => {
             let _ = std::fs::remove_dir(store.runtime_dir(&spec.name).join("root"));
             return Err(e);
         }
     };
-    let _ = store.write_runtime(&spec.name, &runtime_state(&booted));
+    let net = match start_network(store, spec, &mut booted) {
+        Ok(n) => n,
+        Err(e) => {
+            // SAFETY: killing and reaping our own child, the init.
+            unsafe {
+                libc::kill(booted.init_pid, libc::SIGKILL);
+                libc::waitpid(booted.init_pid, std::ptr::null_mut(), 0);
+            }
+            finish(store, spec, &booted);
+            return Err(e);
+        }
+    };
+    let _ = store.write_runtime(&spec.name, &runtime_state(&booted, net.as_ref()));
     on_ready();
     let master = if req.tty {
         Some(accept_pty(booted.sock.as_raw_fd())?)
@@ -529,14 +584,24 @@ fn supervisor_main(
             return 1;
         }
     };
-    let booted = match boot(store, spec, seccomp, enforcement(store, spec), None) {
+    let mut booted = match boot(store, spec, seccomp, enforcement(store, spec), None) {
         Ok(b) => b,
         Err(e) => {
             send_report(format!("E{e}").as_bytes());
             return 1;
         }
     };
-    if let Err(e) = store.write_runtime(&spec.name, &runtime_state(&booted)) {
+    let net = match start_network(store, spec, &mut booted) {
+        Ok(n) => n,
+        Err(e) => {
+            // SAFETY: killing our own child, the init.
+            unsafe { libc::kill(booted.init_pid, libc::SIGKILL) };
+            finish(store, spec, &booted);
+            send_report(format!("E{e}").as_bytes());
+            return 1;
+        }
+    };
+    if let Err(e) = store.write_runtime(&spec.name, &runtime_state(&booted, net.as_ref())) {
         // SAFETY: killing our own child, the init.
         unsafe { libc::kill(booted.init_pid, libc::SIGKILL) };
         send_report(format!("E{e}").as_bytes());

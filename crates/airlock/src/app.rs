@@ -67,6 +67,7 @@ pub fn main() -> i32 {
         Command::Completions { shell } => commands::info::completions(shell),
         Command::Audit(a) => commands::audit::audit(a),
         Command::Review(c) => commands::review::dispatch(c),
+        Command::Net(c) => commands::policy::dispatch(c),
         Command::Probe(a) => commands::audit::probe(a),
     };
     match result {

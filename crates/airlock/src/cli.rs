@@ -129,6 +129,9 @@ every network attempt. `--net-targets none` makes no connection or lookup beyond
     #[command(flatten)]
     Review(crate::commands::review::ReviewCommand),
 
+    #[command(flatten)]
+    Net(crate::commands::policy::NetCommand),
+
     /// (internal) The audit probe, as run inside a sandbox: prints a JSON report
     #[command(name = "__probe", hide = true)]
     Probe(ProbeArgs),
@@ -218,6 +221,22 @@ pub struct SandboxOpts {
     /// Read environment variables from a file of KEY=VALUE lines
     #[arg(long, value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
+
+    /// Network preset: none (nothing; the default), balanced (model APIs, registries, code hosts), open (public internet)
+    #[arg(long = "net", value_name = "PRESET", value_parser = ["none", "balanced", "open"])]
+    pub net: Option<String>,
+
+    /// Allow a destination: example.com, *.example.com, example.com:8443, 203.0.113.0/24
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+
+    /// Deny a destination (deny always wins), same syntax as --allow
+    #[arg(long, value_name = "RULE")]
+    pub deny: Vec<String>,
+
+    /// Make a host loopback service reachable inside as host.airlock.internal:PORT
+    #[arg(long, value_name = "PORT")]
+    pub host_port: Vec<u16>,
 }
 
 #[derive(Debug, Args)]

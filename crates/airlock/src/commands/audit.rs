@@ -129,6 +129,10 @@ fn default_sandbox(store: &Store) -> Result<SandboxSpec, Failure> {
         timeout: None,
         env: vec![],
         env_file: vec![],
+        net: None,
+        allow: vec![],
+        deny: vec![],
+        host_port: vec![],
     };
     let spec = build_spec(
         format!("audit-{}", units::generate_name()),

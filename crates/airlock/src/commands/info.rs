@@ -98,6 +98,8 @@ struct Inspect<'a> {
     limits: &'a airlock_core::spec::Limits,
     limits_enforcement: Option<&'a str>,
     system: Option<&'a str>,
+    network: Option<&'a str>,
+    net_policy: &'a airlock_core::spec::NetworkSpec,
     env: Vec<&'a str>,
     created_at: u64,
     started_at: Option<u64>,
@@ -157,6 +159,8 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
         limits: &spec.limits,
         limits_enforcement: st.map(|s| s.limits_enforcement.as_str()),
         system: st.map(|s| s.system_mode.as_str()),
+        network: st.map(|s| s.network.as_str()),
+        net_policy: &spec.network,
         env: spec.env.iter().map(|(k, _)| k.as_str()).collect(),
         created_at: spec.created_at,
         started_at: st.map(|s| s.started_at),
@@ -201,6 +205,17 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
     if let Some(s) = info.system {
         println!("  system dirs   {s}");
     }
+    if let Some(n) = info.network {
+        println!("  network       {n}");
+    }
+    println!(
+        "  net policy    preset {}, allow [{}], deny [{}], host ports {:?}  (see `airlock policy ls --sandbox {}`)",
+        info.net_policy.preset.as_deref().unwrap_or("none"),
+        info.net_policy.allow.join(", "),
+        info.net_policy.deny.join(", "),
+        info.net_policy.host_ports,
+        info.name
+    );
     if !info.env.is_empty() {
         println!("  env           {}", info.env.join(", "));
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_core::backend::{Backend, ExecRequest, Outcome, is_running};
-use airlock_core::spec::{Isolation, Limits, SandboxSpec, WorkspaceMode, now_secs};
+use airlock_core::spec::{Isolation, Limits, NetworkSpec, SandboxSpec, WorkspaceMode, now_secs};
 use airlock_core::store::Store;
 use airlock_core::units;
 use anyhow::Context;
@@ -155,6 +155,42 @@ fn workspace(opts: &SandboxOpts, store: &Store, home: &Path) -> Result<PathBuf, 
     Ok(ws)
 }
 
+/// Network options, validated now so a bad rule creates nothing.
+fn network_spec(opts: &SandboxOpts) -> Result<NetworkSpec, Failure> {
+    for r in opts.allow.iter().chain(&opts.deny) {
+        r.parse::<airlock_net::Rule>()
+            .map_err(|e| fail(exit::USAGE, format!("invalid network rule {r:?}: {e}")))?;
+    }
+    if let Some(p) = opts.host_port.iter().find(|p| **p == 0) {
+        return Err(fail(
+            exit::USAGE,
+            format!("--host-port {p}: a port is 1-65535"),
+        ));
+    }
+    Ok(NetworkSpec {
+        preset: opts.net.clone(),
+        allow: opts.allow.clone(),
+        deny: opts.deny.clone(),
+        host_ports: opts.host_port.clone(),
+    })
+}
+
+/// A spec for a sandbox that does not exist (to compute the policy a new one would get).
+pub fn placeholder_spec(workspace: PathBuf) -> SandboxSpec {
+    SandboxSpec {
+        name: "new".into(),
+        workspace,
+        mode: WorkspaceMode::Cow,
+        isolation: Isolation::Namespace,
+        limits: Limits::default(),
+        env: vec![],
+        user: user::invoking_user(),
+        network: NetworkSpec::default(),
+        ephemeral: true,
+        created_at: 0,
+    }
+}
+
 pub fn build_spec(
     name: String,
     opts: &SandboxOpts,
@@ -176,6 +212,7 @@ pub fn build_spec(
         },
         limits: limits(opts)?,
         env: parse_env(&opts.env, &opts.env_file)?,
+        network: network_spec(opts)?,
         user,
         ephemeral,
         created_at: now_secs(),

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod info;
 pub mod lifecycle;
+pub mod policy;
 pub mod review;
 
 use airlock_core::backend::Backend;

@@ -1,0 +1,390 @@
+//! Where a sandbox's network policy comes from, and where its decisions go.
+//!
+//! Sources, merged by `airlock_net::Policy::from_sources`: the flags given at creation (kept in
+//! the spec), rules added later with `airlock policy allow|deny --sandbox` (a per-sandbox file,
+//! re-read while the sandbox runs), the user's `~/.config/airlock/config.toml`, and the project's
+//! `airlock.toml` (which can only narrow unless the user trusted its exact content).
+
+use std::path::{Path, PathBuf};
+
+use airlock_core::spec::SandboxSpec;
+use airlock_core::store::Store;
+use airlock_net::{
+    HostExposure, NetworkConfig, Policy, PolicySources, Preset, ProjectConfig, Rule, TrustStore,
+};
+
+use crate::error::{NsError, Result};
+
+#[derive(Debug, Clone)]
+pub struct NetPaths {
+    /// Rules added to this sandbox at run time.
+    pub sandbox_rules: PathBuf,
+    /// The decision log (JSON lines).
+    pub log: PathBuf,
+    /// The user's config file.
+    pub user_config: Option<PathBuf>,
+    /// The project's policy file.
+    pub project: PathBuf,
+    /// Contents of project files the user trusted.
+    pub trust: PathBuf,
+}
+
+/// `$XDG_CONFIG_HOME/airlock/config.toml`, else `~/.config/airlock/config.toml`.
+pub fn user_config_path() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    match (env("XDG_CONFIG_HOME"), env("HOME")) {
+        (Some(x), _) if x.is_absolute() => Some(x.join("airlock/config.toml")),
+        (_, Some(h)) if h.is_absolute() => Some(h.join(".config/airlock/config.toml")),
+        _ => None,
+    }
+}
+
+pub fn trust_store_path(store: &Store) -> PathBuf {
+    store.paths.data.join("trusted-projects.toml")
+}
+
+pub fn paths(store: &Store, spec: &SandboxSpec) -> NetPaths {
+    let dir = store.paths.sandbox_dir(&spec.name);
+    NetPaths {
+        sandbox_rules: dir.join("network.toml"),
+        log: dir.join("network.log"),
+        user_config: user_config_path(),
+        project: spec.workspace.join("airlock.toml"),
+        trust: trust_store_path(store),
+    }
+}
+
+fn policy_err(e: impl std::fmt::Display) -> NsError {
+    NsError::Setup(format!("network policy: {e}"))
+}
+
+/// The creation flags of a sandbox as a policy source.
+pub fn flags_of(spec: &SandboxSpec) -> Result<NetworkConfig> {
+    let parse = |rules: &[String]| -> Result<Vec<Rule>> {
+        rules
+            .iter()
+            .map(|r| {
+                r.parse::<Rule>()
+                    .map_err(|e| policy_err(format!("{r:?}: {e}")))
+            })
+            .collect()
+    };
+    Ok(NetworkConfig {
+        preset: spec
+            .network
+            .preset
+            .as_deref()
+            .map(|p| p.parse::<Preset>().map_err(policy_err))
+            .transpose()?,
+        allow: parse(&spec.network.allow)?,
+        deny: parse(&spec.network.deny)?,
+    })
+}
+
+/// Assemble the sandbox's current policy from every source.
+pub fn build_policy(spec: &SandboxSpec, paths: &NetPaths) -> Result<Policy> {
+    let sources = PolicySources {
+        flags: flags_of(spec)?,
+        sandbox: NetworkConfig::load(&paths.sandbox_rules)
+            .map_err(policy_err)?
+            .unwrap_or_default(),
+        user: match &paths.user_config {
+            Some(p) => NetworkConfig::load(p).map_err(policy_err)?,
+            None => None,
+        },
+        project: ProjectConfig::load(
+            &paths.project,
+            &TrustStore::load(&paths.trust).map_err(policy_err)?,
+        )
+        .map_err(policy_err)?,
+        exposures: spec
+            .network
+            .host_ports
+            .iter()
+            .map(|&port| HostExposure { port })
+            .collect(),
+        host_addrs: airlock_net::policy::host_addresses(),
+    };
+    Ok(Policy::from_sources(&sources))
+}
+
+/// Modification time of the files a policy is built from, to notice changes.
+pub fn sources_stamp(paths: &NetPaths) -> Vec<Option<std::time::SystemTime>> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut v = vec![m(&paths.sandbox_rules), m(&paths.project), m(&paths.trust)];
+    v.push(paths.user_config.as_deref().and_then(m));
+    v
+}
+
+// ------------------------------------------------------------------ wiring into a sandbox
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use airlock_net::{
+    DecisionLog, DnsConfig, GateConfig, NetListeners, NetService, StackHandle, TunConfig,
+};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+/// The gate's proxy endpoint inside every sandbox (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`).
+pub const PROXY_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3128);
+/// The sandbox's resolver (`nameserver` in its /etc/resolv.conf).
+pub const DNS_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 53);
+
+pub fn proxy_url() -> String {
+    format!("http://{PROXY_ADDR}")
+}
+
+pub fn resolv_conf() -> String {
+    format!(
+        "# Airlock: names resolve only through the sandbox's policy resolver\nnameserver {}\noptions edns0 trust-ad\n",
+        DNS_ADDR.ip()
+    )
+}
+
+/// Sockets created inside the sandbox's network namespace during setup and served from the host
+/// side: the proxy endpoint, the resolver, and (where /dev/net/tun is usable) a TUN device
+/// capturing every other connection.
+pub struct InsideSockets {
+    pub proxy: OwnedFd,
+    pub dns_udp: OwnedFd,
+    pub dns_tcp: OwnedFd,
+    pub tun: Option<OwnedFd>,
+    /// Why there is no TUN device, if there is none.
+    pub tun_error: Option<String>,
+}
+
+const MSG_NET: u8 = b'N';
+
+impl InsideSockets {
+    /// Called by the sandbox's init in its new network namespace, before it drops privileges.
+    /// Without `capture` there is no TUN device: only the proxy endpoint and the resolver lead
+    /// out, and any other connection fails at once with "network unreachable".
+    pub fn create(capture: bool) -> Result<InsideSockets> {
+        let bind = |what: &str, r: std::io::Result<OwnedFd>| {
+            r.map_err(|e| NsError::sys(format!("binding the sandbox's {what}"), e))
+        };
+        let proxy = bind(
+            "proxy endpoint",
+            TcpListener::bind(PROXY_ADDR).map(OwnedFd::from),
+        )?;
+        let dns_udp = bind(
+            "resolver (udp)",
+            UdpSocket::bind(DNS_ADDR).map(OwnedFd::from),
+        )?;
+        let dns_tcp = bind(
+            "resolver (tcp)",
+            TcpListener::bind(DNS_ADDR).map(OwnedFd::from),
+        )?;
+        let (tun, tun_error) = if !capture {
+            (None, Some("nothing is allowed and the sandbox is deleted on exit, so no capture device was needed".to_string()))
+        } else {
+            match airlock_net::create_tun_in_current_netns(&TunConfig::default()) {
+                Ok(fd) => (Some(fd), None),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        };
+        Ok(InsideSockets {
+            proxy,
+            dns_udp,
+            dns_tcp,
+            tun,
+            tun_error,
+        })
+    }
+
+    /// Hand the sockets to the supervisor over the setup channel.
+    pub fn send(&self, sock: RawFd) -> Result<()> {
+        let mut fds = vec![
+            self.proxy.as_raw_fd(),
+            self.dns_udp.as_raw_fd(),
+            self.dns_tcp.as_raw_fd(),
+        ];
+        if let Some(t) = &self.tun {
+            fds.push(t.as_raw_fd());
+        }
+        let mut msg = vec![MSG_NET];
+        msg.extend_from_slice(self.tun_error.as_deref().unwrap_or("").as_bytes());
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(sock, &[IoSlice::new(&msg)], &cmsg, MsgFlags::empty(), None)
+            .map_err(|e| NsError::sys("handing the network sockets to the supervisor", e.into()))?;
+        Ok(())
+    }
+
+    /// Receive what [`InsideSockets::send`] sent; `Ok(None)` if the message was something else
+    /// (returned as bytes for the caller to interpret).
+    pub fn recv(sock: RawFd) -> Result<std::result::Result<InsideSockets, Vec<u8>>> {
+        let mut buf = vec![0u8; 4096];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([RawFd; 4]);
+        let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|e| NsError::sys("receiving from the sandbox's init", e.into()))?;
+        let n = msg.bytes;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for c in msg
+            .cmsgs()
+            .map_err(|e| NsError::sys("receiving from the sandbox's init", e.into()))?
+        {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these fds in our table; we own them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let bytes = buf[..n].to_vec();
+        if bytes.first() != Some(&MSG_NET) || fds.len() < 3 {
+            return Ok(Err(bytes));
+        }
+        let mut it = fds.into_iter();
+        let (proxy, dns_udp, dns_tcp) =
+            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let tun = it.next();
+        let err = String::from_utf8_lossy(&bytes[1..]).into_owned();
+        Ok(Ok(InsideSockets {
+            proxy,
+            dns_udp,
+            dns_tcp,
+            tun,
+            tun_error: (!err.is_empty()).then_some(err),
+        }))
+    }
+}
+
+/// The resolver the gate asks: `AIRLOCK_UPSTREAM_DNS` (ip:port), else the host's first
+/// nameserver, else 127.0.0.53:53.
+pub fn upstream_dns() -> SocketAddr {
+    if let Some(a) = std::env::var("AIRLOCK_UPSTREAM_DNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return a;
+    }
+    std::fs::read_to_string("/etc/resolv.conf")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                .find_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        })
+        .map(|ip| SocketAddr::new(ip, 53))
+        .unwrap_or_else(|| SocketAddr::from(DNS_ADDR))
+}
+
+/// A running sandbox's network service: gate, resolver, transparent capture, policy watcher.
+pub struct SandboxNet {
+    service: Option<NetService>,
+    _stack: Option<StackHandle>,
+    stop_watch: Arc<AtomicBool>,
+    /// How the network is wired, for `inspect`.
+    pub description: String,
+}
+
+impl SandboxNet {
+    pub fn start(store: &Store, spec: &SandboxSpec, sockets: InsideSockets) -> Result<SandboxNet> {
+        let paths = paths(store, spec);
+        let policy = build_policy(spec, &paths)?;
+        let log = DecisionLog::open(&paths.log, &spec.name).map_err(policy_err)?;
+        let upstream = upstream_dns();
+        let gate_cfg = GateConfig::new(&spec.name, upstream);
+        let dns_cfg = DnsConfig::new(upstream);
+        let listeners = NetListeners {
+            proxy: Some(TcpListener::from(sockets.proxy)),
+            proxy_unix: None,
+            dns_udp: Some(UdpSocket::from(sockets.dns_udp)),
+            dns_tcp: Some(TcpListener::from(sockets.dns_tcp)),
+        };
+        let handle = airlock_net::PolicyHandle::new(policy);
+        let service = NetService::start(gate_cfg, dns_cfg, handle, log.clone(), listeners)
+            .map_err(policy_err)?;
+        let (stack, description) = match sockets.tun {
+            Some(tun) => {
+                let s = airlock_net::spawn_stack(
+                    tun,
+                    Arc::new(service.gate().clone()),
+                    Arc::new(service.dns().clone()),
+                    log,
+                    &TunConfig::default(),
+                    service.runtime(),
+                );
+                (
+                    Some(s),
+                    "policy gate: proxy endpoint, resolver and transparent capture (tun0)"
+                        .to_string(),
+                )
+            }
+            None => (
+                None,
+                format!(
+                    "policy gate: proxy endpoint and resolver only; other connections have no route ({})",
+                    sockets.tun_error.unwrap_or_default()
+                ),
+            ),
+        };
+        let stop_watch = Arc::new(AtomicBool::new(false));
+        let net = SandboxNet {
+            service: Some(service),
+            _stack: stack,
+            stop_watch,
+            description,
+        };
+        Ok(net)
+    }
+
+    /// Re-read the policy sources every `every` and apply changes to the running sandbox.
+    /// Runs on its own thread until the service stops.
+    pub fn watch(&self, spec: SandboxSpec, paths: NetPaths, every: Duration) {
+        let Some(service) = &self.service else { return };
+        let handle = service.policy().clone();
+        let stop = self.stop_watch.clone();
+        let _ = std::thread::Builder::new()
+            .name("airlock-policy-watch".into())
+            .spawn(move || {
+                let mut stamp = sources_stamp(&paths);
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    let now = sources_stamp(&paths);
+                    if now != stamp {
+                        stamp = now;
+                        if let Ok(p) = build_policy(&spec, &paths) {
+                            handle.reload(p);
+                        }
+                    }
+                }
+            });
+    }
+}
+
+impl Drop for SandboxNet {
+    fn drop(&mut self) {
+        self.stop_watch.store(true, Ordering::Relaxed);
+        if let Some(s) = self.service.take() {
+            let _ = s.shutdown();
+        }
+    }
+}
+
+/// Whether a sandbox needs transparent capture (a TUN device): always for sandboxes that persist
+/// (their policy can be widened while they run); for `--rm` ones only if their policy allows
+/// something. Tearing a TUN device down costs ~15 ms, which a one-shot `run --rm` with nothing
+/// allowed need not pay.
+pub fn needs_capture(store: &Store, spec: &SandboxSpec) -> bool {
+    if !spec.ephemeral {
+        return true;
+    }
+    match build_policy(spec, &paths(store, spec)) {
+        Ok(p) => {
+            p.preset() != Preset::None || !p.allow_rules().is_empty() || !p.exposures().is_empty()
+        }
+        Err(_) => true,
+    }
+}
