@@ -67,9 +67,11 @@ impl Backend for NamespaceBackend {
         })?;
         // SAFETY: geteuid cannot fail.
         let system_cow = namespaces::IdMap::for_invoker(unsafe { libc::geteuid() }, 0).full_range;
-        layers::Layers::new(dir)
-            .create(system_cow && !spec.ephemeral)
-            .map_err(tier)
+        if spec.ephemeral {
+            // A `--rm` sandbox keeps its layers in memory (see `MountPlan::volatile_layers`).
+            return Ok(());
+        }
+        layers::Layers::new(dir).create(system_cow).map_err(tier)
     }
 
     fn start(&self, store: &Store, spec: &SandboxSpec) -> Result<RuntimeState, BackendError> {

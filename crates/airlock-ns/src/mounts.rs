@@ -137,6 +137,8 @@ pub struct MountPlan {
     /// Where to keep the system layers in memory (a tmpfs mounted there) instead of on disk:
     /// for `--rm` sandboxes.
     pub volatile_layers: Option<PathBuf>,
+    /// Owner (uid, gid) of the home directory, for homes created in memory.
+    pub home_owner: (u32, u32),
     /// Whether the init creates a TUN device for transparent capture (see `net::needs_capture`).
     pub network_capture: bool,
 }
@@ -213,6 +215,7 @@ impl MountPlan {
             resolv_conf: None,
             volatile_layers: None,
             network_capture: true,
+            home_owner: (spec.user.uid, spec.user.gid),
         }
     }
 
@@ -239,7 +242,7 @@ impl MountPlan {
         // A sandbox deleted when its command exits keeps its system layers in memory: nothing
         // there outlives it, and overlayfs on a fresh tmpfs mounts ~15x faster than on disk.
         let volatile_layers = match &self.volatile_layers {
-            Some(dir) if self.system_cow => {
+            Some(dir) => {
                 mount(
                     Some("tmpfs"),
                     dir,
@@ -353,14 +356,26 @@ impl MountPlan {
         // The private home, at the user's home path.
         let home = under(r, &self.home);
         mkdir_all(&home)?;
-        bind(&self.layers.home(), &home, false)?;
+        // A `--rm` sandbox's home and workspace changes live in memory too (see above).
+        let layers = volatile_layers.as_ref().unwrap_or(&self.layers);
+        if volatile_layers.is_some() {
+            mkdir_all(&layers.home())?;
+            let (u, w) = layers.workspace();
+            mkdir_all(&u)?;
+            mkdir_all(&w)?;
+            if let Ok(c) = cstr(&layers.home()) {
+                // SAFETY: chown of a directory we just created, to the sandbox's user.
+                unsafe { libc::chown(c.as_ptr(), self.home_owner.0, self.home_owner.1) };
+            }
+        }
+        bind(&layers.home(), &home, false)?;
 
         // The workspace, at its host path.
         let ws = under(r, &self.workspace);
         mkdir_all(&ws)?;
         match self.mode {
             WorkspaceMode::Cow => {
-                let (upper, work) = self.layers.workspace();
+                let (upper, work) = layers.workspace();
                 overlay(&self.workspace, &upper, &work, &ws)?;
             }
             WorkspaceMode::Rw => bind(&self.workspace, &ws, false)?,
