@@ -29,7 +29,8 @@ pub const MSG_IN_CGROUP: u8 = b'C';
 pub const MSG_READY: u8 = b'R';
 pub const MSG_ERROR: u8 = b'E';
 
-fn send(sock: RawFd, msg: &[u8]) {
+/// Send one message on a setup channel (errors are the receiver's to notice).
+pub(crate) fn send(sock: RawFd, msg: &[u8]) {
     // SAFETY: writing a valid buffer to a socket we hold.
     unsafe { libc::send(sock, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
 }

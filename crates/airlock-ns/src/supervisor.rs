@@ -194,17 +194,7 @@ fn boot(
     if let Err(e) = idmap.write(pid) {
         return Err(fail(e));
     }
-    let send_byte = |b: u8| {
-        // SAFETY: sending one byte on our end of the channel.
-        unsafe {
-            libc::send(
-                parent_sock.as_raw_fd(),
-                [b].as_ptr().cast(),
-                1,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-    };
+    let send_byte = |b: u8| init::send(parent_sock.as_raw_fd(), &[b]);
     // The child builds its filesystem while we move it into its cgroup (slow on cgroup v1).
     send_byte(MSG_GO);
     if let Some(cg) = &enforcement.cgroup
@@ -676,19 +666,12 @@ pub fn exec(
         // ptrace this child while it still holds host descriptors.
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-        let fail = |msg: String| -> ! {
-            let m = format!("E{msg}");
-            // SAFETY: reporting on our channel, then exiting the forked child.
-            unsafe {
-                libc::send(
-                    child_sock.as_raw_fd(),
-                    m.as_ptr().cast(),
-                    m.len(),
-                    libc::MSG_NOSIGNAL,
-                );
-                libc::_exit(1)
-            }
+        let report_and_exit = |msg: String, code: i32| -> ! {
+            init::send(child_sock.as_raw_fd(), msg.as_bytes());
+            // SAFETY: ending the forked intermediate without running destructors.
+            unsafe { libc::_exit(code) }
         };
+        let fail = |msg: String| -> ! { report_and_exit(format!("E{msg}"), 1) };
         for f in &cgroup_procs {
             use std::io::Write;
             if let Err(e) = (&*f).write_all(b"0") {
@@ -700,19 +683,7 @@ pub fn exec(
         }
         match namespaces::clone_process(libc::CLONE_PARENT) {
             Ok(0) => cmd.exec(&seccomp, Some(child_sock.as_raw_fd())),
-            Ok(pid) => {
-                let m = format!("p{pid}");
-                // SAFETY: reporting the command's pid, then exiting.
-                unsafe {
-                    libc::send(
-                        child_sock.as_raw_fd(),
-                        m.as_ptr().cast(),
-                        m.len(),
-                        libc::MSG_NOSIGNAL,
-                    );
-                    libc::_exit(0)
-                }
-            }
+            Ok(pid) => report_and_exit(format!("p{pid}"), 0),
             Err(e) => fail(format!("starting the command: {e}")),
         }
     }

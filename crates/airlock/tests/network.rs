@@ -109,12 +109,19 @@ impl FakeInternet {
     /// `airlock ARGS` inside the fake internet, with its resolver as Airlock's upstream.
     fn airlock(&self, env: &Env, args: &[&str]) -> std::process::Output {
         let c = env.command(args);
-        let prog = c.get_program().to_owned();
         let mut ip = Command::new("ip");
-        ip.args(["netns", "exec", &self.ns])
-            .arg(prog)
-            .args(c.get_args());
-        ip.env_clear();
+        ip.args(["netns", "exec", &self.ns]);
+        if let Who::User { uid, gid, .. } = env.who {
+            // `ip netns exec` needs root; airlock itself runs as the user.
+            ip.args([
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+            ]);
+        }
+        ip.arg(c.get_program()).args(c.get_args()).env_clear();
         for (k, v) in c.get_envs() {
             if let Some(v) = v {
                 ip.env(k, v);
@@ -123,33 +130,6 @@ impl FakeInternet {
         ip.env("AIRLOCK_UPSTREAM_DNS", "203.0.113.53:53")
             .current_dir(&env.ws)
             .stdin(Stdio::null());
-        if let Who::User { uid, gid, .. } = env.who {
-            use std::os::unix::process::CommandExt;
-            // `ip netns exec` needs root; drop to the user for airlock itself via setpriv.
-            ip = Command::new("ip");
-            ip.args([
-                "netns",
-                "exec",
-                &self.ns,
-                "setpriv",
-                &format!("--reuid={uid}"),
-                &format!("--regid={gid}"),
-                "--clear-groups",
-                "--",
-            ])
-            .arg(c.get_program())
-            .args(c.get_args())
-            .env_clear();
-            for (k, v) in c.get_envs() {
-                if let Some(v) = v {
-                    ip.env(k, v);
-                }
-            }
-            ip.env("AIRLOCK_UPSTREAM_DNS", "203.0.113.53:53")
-                .current_dir(&env.ws)
-                .stdin(Stdio::null());
-            let _ = ip.uid(0);
-        }
         let out = ip.output().unwrap();
         eprintln!(
             "[{}] airlock {}\n  exit: {:?}\n  stdout: {}\n  stderr: {}",
