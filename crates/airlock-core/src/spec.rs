@@ -70,6 +70,61 @@ pub struct NetworkSpec {
     /// Host loopback ports reachable inside as `host.airlock.internal:PORT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<u16>,
+    /// Sandbox services published on the host (`-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PortMap>,
+}
+
+/// `-p [HOST_IP:]HOST_PORT:SANDBOX_PORT`: the host listens on `host_ip:host_port` and forwards each
+/// connection to `sandbox_port` on the sandbox's loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMap {
+    pub host_ip: std::net::IpAddr,
+    pub host_port: u16,
+    pub sandbox_port: u16,
+}
+
+impl PortMap {
+    /// Parse `[HOST_IP:]HOST_PORT:SANDBOX_PORT` (IPv6 host addresses in brackets).
+    pub fn parse(s: &str) -> Result<PortMap, String> {
+        let bad = || {
+            format!(
+                "invalid port mapping {s:?}: expected [HOST_IP:]HOST_PORT:SANDBOX_PORT, e.g. 8080:3000 or 127.0.0.1:8080:3000"
+            )
+        };
+        let (rest, sandbox) = s.rsplit_once(':').ok_or_else(bad)?;
+        let sandbox_port: u16 = sandbox.parse().map_err(|_| bad())?;
+        let (ip, host) = match rest.rsplit_once(':') {
+            Some((ip, host)) => (
+                ip.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse()
+                    .map_err(|_| bad())?,
+                host,
+            ),
+            None => (std::net::IpAddr::from([127, 0, 0, 1]), rest),
+        };
+        let host_port: u16 = host.parse().map_err(|_| bad())?;
+        if host_port == 0 || sandbox_port == 0 {
+            return Err(bad());
+        }
+        Ok(PortMap {
+            host_ip: ip,
+            host_port,
+            sandbox_port,
+        })
+    }
+}
+
+impl std::fmt::Display for PortMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            std::net::IpAddr::V6(ip) => {
+                write!(f, "[{ip}]:{} -> {}", self.host_port, self.sandbox_port)
+            }
+            ip => write!(f, "{ip}:{} -> {}", self.host_port, self.sandbox_port),
+        }
+    }
 }
 
 /// The identity the agent runs as inside: by default the invoking user's.

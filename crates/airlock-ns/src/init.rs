@@ -43,6 +43,7 @@ fn exit(code: i32) -> ! {
 /// The child side of the sandbox's creation. Never returns.
 pub fn run(
     sock: RawFd,
+    ports: RawFd,
     plan: &MountPlan,
     hostname: &str,
     seccomp: &SeccompProgram,
@@ -70,7 +71,7 @@ pub fn run(
         exit(1);
     }
     // Nothing of the supervisor's descriptors (locks, state files) stays open in the sandbox.
-    close_all_except(&[0, 1, 2, sock]);
+    close_all_except(&[0, 1, 2, sock, ports]);
     send(sock, &[MSG_READY]);
 
     let main_pid = match main {
@@ -109,7 +110,7 @@ pub fn run(
     if seccomp.apply().is_err() {
         exit(1);
     }
-    reap_loop(main_pid)
+    reap_loop(main_pid, ports)
 }
 
 fn setup(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
@@ -164,10 +165,13 @@ pub(crate) fn close_all_except(keep: &[RawFd]) {
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
 }
 
-/// Wait for signals: reap every child, forward termination signals. With a first command, exit
-/// with its status when it ends; without, exit once asked to stop and every process is gone.
-fn reap_loop(main_pid: Option<i32>) -> ! {
-    // SAFETY: signal-set manipulation on locals; waitpid/kill on our own pid namespace.
+/// Wait for signals and port requests: reap every child, forward termination signals, and open
+/// connections to the sandbox's own loopback services for published ports (`-p`). With a first
+/// command, exit with its status when it ends; without, exit once asked to stop and every
+/// process is gone.
+fn reap_loop(main_pid: Option<i32>, ports: RawFd) -> ! {
+    // SAFETY: signal-set manipulation on locals; signalfd/poll/read on our own descriptors;
+    // waitpid/kill on our own pid namespace.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -176,11 +180,43 @@ fn reap_loop(main_pid: Option<i32>) -> ! {
             libc::sigaddset(&mut set, *s);
         }
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let sfd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+        let mut ports_open = ports >= 0;
         let mut stopping = false;
         loop {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let sig = libc::sigwaitinfo(&set, &mut info);
-            if sig == libc::SIGCHLD || sig < 0 {
+            let mut fds = [
+                libc::pollfd {
+                    fd: sfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if ports_open { ports } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                continue;
+            }
+            if fds[1].revents != 0 {
+                ports_open = serve_port_request(ports);
+            }
+            if fds[0].revents == 0 {
+                continue;
+            }
+            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+            let n = libc::read(
+                sfd,
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                std::mem::size_of::<libc::signalfd_siginfo>(),
+            );
+            let sig = if n > 0 {
+                info.ssi_signo as libc::c_int
+            } else {
+                libc::SIGCHLD
+            };
+            if sig == libc::SIGCHLD {
                 loop {
                     let mut status = 0;
                     let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
@@ -218,6 +254,34 @@ fn reap_loop(main_pid: Option<i32>) -> ! {
             }
         }
     }
+}
+
+/// One request on the ports channel: `c` + a port (big-endian u16). Connects to that port on
+/// the sandbox's loopback (IPv4, then IPv6) and hands the connected socket back, or answers `e`.
+/// Returns false once the supervisor has closed the channel.
+fn serve_port_request(ports: RawFd) -> bool {
+    let mut req = [0u8; 8];
+    // SAFETY: receiving into a local buffer.
+    let n = unsafe { libc::recv(ports, req.as_mut_ptr().cast(), req.len(), 0) };
+    if n <= 0 {
+        return false;
+    }
+    if n != 3 || req[0] != b'c' {
+        send(ports, b"e");
+        return true;
+    }
+    let port = u16::from_be_bytes([req[1], req[2]]);
+    let stream = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+        .or_else(|_| std::net::TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, port)));
+    match stream {
+        Ok(s) => {
+            if crate::pty::send_fd(ports, std::os::fd::AsRawFd::as_raw_fd(&s)).is_err() {
+                send(ports, b"e");
+            }
+        }
+        Err(_) => send(ports, b"e"),
+    }
+    true
 }
 
 /// Overwrite the command line and environment inherited from the host in our own memory, so

@@ -14,6 +14,7 @@ pub mod layers;
 pub mod mounts;
 pub mod namespaces;
 pub mod net;
+pub mod ports;
 pub mod process;
 pub mod pty;
 pub mod rlimits;

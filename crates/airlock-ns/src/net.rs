@@ -287,6 +287,8 @@ pub struct SandboxNet {
     stop_watch: Arc<AtomicBool>,
     /// How the network is wired, for `inspect`.
     pub description: String,
+    /// Published ports (`-p`), served while the sandbox runs.
+    pub publisher: Option<crate::ports::Publisher>,
 }
 
 impl SandboxNet {
@@ -336,6 +338,7 @@ impl SandboxNet {
             _stack: stack,
             stop_watch,
             description,
+            publisher: None,
         };
         Ok(net)
     }

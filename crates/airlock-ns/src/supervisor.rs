@@ -122,6 +122,8 @@ fn rlimits_of(spec: &SandboxSpec, state: &RuntimeState) -> Rlimits {
 
 pub struct Booted {
     pub init_pid: i32,
+    /// Channel to the init for connections to published ports.
+    pub ports: OwnedFd,
     /// The sandbox's network sockets, to be served by [`crate::net::SandboxNet`].
     pub net: Option<crate::net::InsideSockets>,
     pub sock: OwnedFd,
@@ -165,11 +167,20 @@ fn boot(
         "ro (rootless: the host's system files belong to ids that cannot be mapped; install into $HOME, or run as root or with --isolation vm for a writable system)".to_string()
     };
     let (parent_sock, child_sock) = seqpacket_pair()?;
+    let (ports_sock, ports_child) = seqpacket_pair()?;
 
     let pid = match namespaces::clone_process(SANDBOX_CLONE_FLAGS) {
         Ok(0) => {
             drop(parent_sock);
-            init::run(child_sock.as_raw_fd(), &plan, &spec.name, seccomp, main)
+            drop(ports_sock);
+            init::run(
+                child_sock.as_raw_fd(),
+                ports_child.as_raw_fd(),
+                &plan,
+                &spec.name,
+                seccomp,
+                main,
+            )
         }
         Ok(pid) => pid,
         Err(e) => {
@@ -180,6 +191,7 @@ fn boot(
         }
     };
     drop(child_sock);
+    drop(ports_child);
     let fail = |e: NsError| {
         // SAFETY: killing and reaping the child we just created.
         unsafe {
@@ -218,6 +230,7 @@ fn boot(
     match buf.first() {
         Some(&MSG_READY) if n >= 1 => Ok(Booted {
             init_pid: pid,
+            ports: ports_sock,
             net,
             sock: parent_sock,
             enforcement,
@@ -242,7 +255,15 @@ fn start_network(
     let Some(sockets) = booted.net.take() else {
         return Ok(None);
     };
-    let net = crate::net::SandboxNet::start(store, spec, sockets)?;
+    let ports = booted
+        .ports
+        .try_clone()
+        .map_err(|e| NsError::sys("the ports channel", e))?;
+    let mut net = crate::net::SandboxNet::start(store, spec, sockets)?;
+    net.publisher = Some(crate::ports::Publisher::start(
+        ports,
+        &spec.network.publish,
+    )?);
     net.watch(
         spec.clone(),
         crate::net::paths(store, spec),

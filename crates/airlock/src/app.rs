@@ -65,6 +65,7 @@ pub fn main() -> i32 {
         Command::Inspect { name, json } => commands::info::inspect(&name, json),
         Command::Gc { json } => commands::info::gc(json),
         Command::Completions { shell } => commands::info::completions(shell),
+        Command::Ports { name, json } => commands::info::ports(&name, json),
         Command::Audit(a) => commands::audit::audit(a),
         Command::Review(c) => commands::review::dispatch(c),
         Command::Net(c) => commands::policy::dispatch(c),

@@ -120,6 +120,16 @@ The probe never prints secret values (only names and redacted hints), never writ
 every network attempt. `--net-targets none` makes no connection or lookup beyond loopback.")]
     Audit(AuditArgs),
 
+    /// List the ports a sandbox publishes on the host (-p)
+    #[command(
+        after_help = "Example:\n  airlock run --name web -p 8080:5173 -- npm run dev -- --host 127.0.0.1\n  airlock ports web"
+    )]
+    Ports {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Print shell completions
     #[command(
         after_help = "Example:\n  airlock completions bash > ~/.local/share/bash-completion/completions/airlock"
@@ -237,6 +247,10 @@ pub struct SandboxOpts {
     /// Make a host loopback service reachable inside as host.airlock.internal:PORT
     #[arg(long, value_name = "PORT")]
     pub host_port: Vec<u16>,
+
+    /// Publish a service started inside on the host: [HOST_IP:]HOST_PORT:SANDBOX_PORT (host IP default 127.0.0.1)
+    #[arg(long = "publish", short = 'p', value_name = "[IP:]HOST:SANDBOX")]
+    pub publish: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -372,3 +372,67 @@ fn default_policy_lets_nothing_out_and_a_policy_change_reaches_a_running_sandbox
         assert!(env.airlock(&["rm", "--force", &name]).status.success());
     }
 }
+
+#[test]
+fn published_ports_reach_a_server_started_inside_and_disappear_with_the_sandbox() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        let name = unique("web");
+        let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let map = format!("{host_port}:8000");
+        // The dev server binds the sandbox's own loopback, as most do by default.
+        let mut server = env
+            .command(&[
+                "run",
+                "--name",
+                &name,
+                "-p",
+                &map,
+                "--",
+                "/usr/bin/python3",
+                "-m",
+                "http.server",
+                "8000",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let fetch = || -> Option<String> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", host_port)).ok()?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        };
+        let mut body = String::new();
+        wait_until(
+            || {
+                body = fetch().unwrap_or_default();
+                body.starts_with("HTTP/1.0 200")
+            },
+            "the published server to answer",
+        );
+        assert!(body.contains("Directory listing"), "{body}");
+        let ports = env.airlock(&["ports", &name]);
+        assert_eq!(
+            stdout(&ports).trim(),
+            format!("127.0.0.1:{host_port} -> 8000")
+        );
+        assert!(env.airlock(&["rm", "--force", &name]).status.success());
+        let _ = server.wait();
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", host_port)).is_err(),
+            "the mapping disappears with the sandbox"
+        );
+    }
+}

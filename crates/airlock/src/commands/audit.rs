@@ -133,6 +133,7 @@ fn default_sandbox(store: &Store) -> Result<SandboxSpec, Failure> {
         allow: vec![],
         deny: vec![],
         host_port: vec![],
+        publish: vec![],
     };
     let spec = build_spec(
         format!("audit-{}", units::generate_name()),

@@ -315,3 +315,41 @@ pub fn completions(shell: clap_complete::Shell) -> Result<i32, Failure> {
     clap_complete::generate(shell, &mut cmd, "airlock", &mut std::io::stdout());
     Ok(0)
 }
+
+pub fn ports(name: &str, json: bool) -> Result<i32, Failure> {
+    let store = Store::open()?;
+    let spec = store.load(name)?;
+    let (_, state) = state_of(&store, name);
+    let running = state == "running";
+    if json {
+        let v: Vec<serde_json::Value> = spec
+            .network
+            .publish
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "host_ip": m.host_ip, "host_port": m.host_port,
+                    "sandbox_port": m.sandbox_port, "active": running,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    if spec.network.publish.is_empty() {
+        ui::note(&format!(
+            "{name} publishes no ports (create it with -p HOST_PORT:SANDBOX_PORT)"
+        ));
+    }
+    for m in &spec.network.publish {
+        println!(
+            "{m}{}",
+            if running {
+                ""
+            } else {
+                "  (inactive: the sandbox is not running)"
+            }
+        );
+    }
+    Ok(0)
+}

@@ -167,7 +167,28 @@ fn network_spec(opts: &SandboxOpts) -> Result<NetworkSpec, Failure> {
             format!("--host-port {p}: a port is 1-65535"),
         ));
     }
+    let mut publish: Vec<airlock_core::spec::PortMap> = Vec::new();
+    for p in &opts.publish {
+        let m = airlock_core::spec::PortMap::parse(p).map_err(|e| fail(exit::USAGE, e))?;
+        if publish
+            .iter()
+            .any(|o| o.host_port == m.host_port && o.host_ip == m.host_ip)
+        {
+            return Err(fail(
+                exit::USAGE,
+                format!("-p {p}: host port {} is published twice", m.host_port),
+            ));
+        }
+        if !m.host_ip.is_loopback() {
+            ui::warn(&format!(
+                "-p {p}: {} is reachable from other machines, not only this one",
+                m.host_ip
+            ));
+        }
+        publish.push(m);
+    }
     Ok(NetworkSpec {
+        publish,
         preset: opts.net.clone(),
         allow: opts.allow.clone(),
         deny: opts.deny.clone(),

@@ -156,6 +156,7 @@ fn effective(
     };
     let mut spec = crate::commands::lifecycle::placeholder_spec(cwd);
     spec.network = NetworkSpec {
+        publish: vec![],
         preset: net,
         allow,
         deny,
