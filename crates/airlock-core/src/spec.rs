@@ -150,6 +150,9 @@ pub struct SandboxSpec {
     pub user: SandboxUser,
     #[serde(default)]
     pub network: NetworkSpec,
+    /// The template this sandbox starts from (`--template`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// Delete the sandbox when its command exits (`run --rm`).
     pub ephemeral: bool,
     /// Seconds since the Unix epoch.

@@ -378,6 +378,7 @@ mod tests {
                 shell: "/bin/sh".into(),
             },
             network: NetworkSpec::default(),
+            template: None,
             ephemeral: false,
             created_at: 0,
         }

@@ -38,6 +38,11 @@ impl Layers {
         self.dir.join("home")
     }
 
+    /// overlayfs work directory for a home stacked on a template's.
+    pub fn home_work(&self) -> PathBuf {
+        self.dir.join("layers/home-work")
+    }
+
     /// Create the layer directories (owned by the caller, who is the sandbox's user or root).
     /// System layers exist only where the system directories can be copy-on-write (`system`).
     pub fn create(&self, system: bool) -> Result<()> {

@@ -137,6 +137,8 @@ pub struct MountPlan {
     /// Where to keep the system layers in memory (a tmpfs mounted there) instead of on disk:
     /// for `--rm` sandboxes.
     pub volatile_layers: Option<PathBuf>,
+    /// A template's directory (`system/<dir>`, `home`) stacked under the sandbox's layers.
+    pub template: Option<PathBuf>,
     /// Owner (uid, gid) of the home directory, for homes created in memory.
     pub home_owner: (u32, u32),
     /// Whether the init creates a TUN device for transparent capture (see `net::needs_capture`).
@@ -216,6 +218,7 @@ impl MountPlan {
             volatile_layers: None,
             network_capture: true,
             home_owner: (spec.user.uid, spec.user.gid),
+            template: None,
         }
     }
 
@@ -258,6 +261,16 @@ impl MountPlan {
             let host = Path::new("/").join(d);
             let target = r.join(d);
             mkdir(&target, 0o755)?;
+            // A template's frozen layer for this directory sits between the host's and ours.
+            let lower = match self
+                .template
+                .as_ref()
+                .map(|t| t.join("system").join(d))
+                .filter(|t| t.is_dir())
+            {
+                Some(t) => format!("{}:{}", t.display(), host.display()),
+                None => host.display().to_string(),
+            };
             if self.system_cow {
                 let layers = volatile_layers.as_ref().unwrap_or(&self.layers);
                 let (upper, work) = layers.system(d);
@@ -265,7 +278,16 @@ impl MountPlan {
                     mkdir_all(&upper)?;
                     mkdir_all(&work)?;
                 }
-                overlay(&host, &upper, &work, &target)?;
+                overlay(Path::new(&lower), &upper, &work, &target)?;
+            } else if lower.contains(':') {
+                // Rootless with a template: a read-only overlay of the template over the host.
+                mount(
+                    Some("overlay"),
+                    &target,
+                    Some("overlay"),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY,
+                    Some(&format!("lowerdir={lower},userxattr")),
+                )?;
             } else {
                 bind(&host, &target, true)?;
             }
@@ -368,7 +390,20 @@ impl MountPlan {
                 unsafe { libc::chown(c.as_ptr(), self.home_owner.0, self.home_owner.1) };
             }
         }
-        bind(&layers.home(), &home, false)?;
+        match self
+            .template
+            .as_ref()
+            .map(|t| t.join("home"))
+            .filter(|t| t.is_dir())
+        {
+            // Warm caches from a template: its frozen home under the sandbox's own.
+            Some(tpl_home) => {
+                let work = layers.home_work();
+                mkdir_all(&work)?;
+                overlay(&tpl_home, &layers.home(), &work, &home)?;
+            }
+            None => bind(&layers.home(), &home, false)?,
+        }
 
         // The workspace, at its host path.
         let ws = under(r, &self.workspace);

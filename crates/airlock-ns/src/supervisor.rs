@@ -156,6 +156,15 @@ fn boot(
     std::fs::write(&resolv, crate::net::resolv_conf()).map_err(|e| NsError::path(&resolv, e))?;
     plan.resolv_conf = Some(resolv);
     plan.network_capture = crate::net::needs_capture(store, spec);
+    if let Some(t) = &spec.template {
+        let dir = store.paths.templates().join(t);
+        if !dir.is_dir() {
+            return Err(NsError::Setup(format!(
+                "the template {t:?} of this sandbox no longer exists (see `airlock template ls`)"
+            )));
+        }
+        plan.template = Some(dir);
+    }
     if spec.ephemeral {
         let dir = runtime.join("layers");
         std::fs::create_dir_all(&dir).map_err(|e| NsError::path(&dir, e))?;

@@ -69,6 +69,7 @@ pub fn main() -> i32 {
         Command::Audit(a) => commands::audit::audit(a),
         Command::Review(c) => commands::review::dispatch(c),
         Command::Net(c) => commands::policy::dispatch(c),
+        Command::Template(c) => commands::template::dispatch(c),
         Command::Probe(a) => commands::audit::probe(a),
     };
     match result {

@@ -142,6 +142,9 @@ every network attempt. `--net-targets none` makes no connection or lookup beyond
     #[command(flatten)]
     Net(crate::commands::policy::NetCommand),
 
+    #[command(flatten)]
+    Template(crate::commands::template::TemplateCommand),
+
     /// (internal) The audit probe, as run inside a sandbox: prints a JSON report
     #[command(name = "__probe", hide = true)]
     Probe(ProbeArgs),
@@ -247,6 +250,10 @@ pub struct SandboxOpts {
     /// Make a host loopback service reachable inside as host.airlock.internal:PORT
     #[arg(long, value_name = "PORT")]
     pub host_port: Vec<u16>,
+
+    /// Start from a template saved with `airlock save` (warm caches, installed packages)
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
 
     /// Publish a service started inside on the host: [HOST_IP:]HOST_PORT:SANDBOX_PORT (host IP default 127.0.0.1)
     #[arg(long = "publish", short = 'p', value_name = "[IP:]HOST:SANDBOX")]

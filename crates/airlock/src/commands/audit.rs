@@ -134,6 +134,7 @@ fn default_sandbox(store: &Store) -> Result<SandboxSpec, Failure> {
         deny: vec![],
         host_port: vec![],
         publish: vec![],
+        template: None,
     };
     let spec = build_spec(
         format!("audit-{}", units::generate_name()),

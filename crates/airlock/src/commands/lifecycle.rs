@@ -207,6 +207,7 @@ pub fn placeholder_spec(workspace: PathBuf) -> SandboxSpec {
         env: vec![],
         user: user::invoking_user(),
         network: NetworkSpec::default(),
+        template: None,
         ephemeral: true,
         created_at: 0,
     }
@@ -234,6 +235,10 @@ pub fn build_spec(
         limits: limits(opts)?,
         env: parse_env(&opts.env, &opts.env_file)?,
         network: network_spec(opts)?,
+        template: match &opts.template {
+            Some(t) => Some(super::template::require(store, t)?),
+            None => None,
+        },
         user,
         ephemeral,
         created_at: now_secs(),

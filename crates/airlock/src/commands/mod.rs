@@ -5,6 +5,7 @@ pub mod info;
 pub mod lifecycle;
 pub mod policy;
 pub mod review;
+pub mod template;
 
 use airlock_core::backend::Backend;
 use airlock_core::spec::Isolation;
