@@ -15,6 +15,9 @@ pub enum WorkspaceMode {
     Rw,
     /// The host directory, read-only.
     Ro,
+    /// A git clone of the host repository, private to the sandbox; the host repository is
+    /// visible read-only at `/run/airlock/source`. The work comes back with `git fetch`.
+    Clone,
 }
 
 impl WorkspaceMode {
@@ -23,6 +26,7 @@ impl WorkspaceMode {
             WorkspaceMode::Cow => "cow",
             WorkspaceMode::Rw => "rw",
             WorkspaceMode::Ro => "ro",
+            WorkspaceMode::Clone => "clone",
         }
     }
 }

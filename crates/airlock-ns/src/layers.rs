@@ -38,6 +38,11 @@ impl Layers {
         self.dir.join("home")
     }
 
+    /// The sandbox's own git clone (`--workspace-mode clone`).
+    pub fn clone_dir(&self) -> PathBuf {
+        self.dir.join("clone")
+    }
+
     /// overlayfs work directory for a home stacked on a template's.
     pub fn home_work(&self) -> PathBuf {
         self.dir.join("layers/home-work")
@@ -79,6 +84,61 @@ pub fn check_layer_path(p: &Path) -> std::result::Result<(), String> {
             "{} contains ',', ':' or '\\', which overlayfs cannot take as a layer path; rename the directory or use --workspace-mode rw/ro",
             p.display()
         ));
+    }
+    Ok(())
+}
+
+/// Make the sandbox's own clone of the host repository `repo` (`--workspace-mode clone`).
+/// Objects are copied, never hard-linked: nothing the agent does can reach the host's `.git`.
+/// Its `origin` is the read-only view of the host repository inside the sandbox, and it gets
+/// the host repository's commit identity so the agent can commit.
+pub fn make_clone(repo: &Path, dest: &Path) -> std::result::Result<(), String> {
+    let git = |args: &[&std::ffi::OsStr]| -> std::result::Result<String, String> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .map_err(|e| format!("running git: {e} (clone mode needs git installed)"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    if !repo.join(".git").exists() {
+        return Err(format!(
+            "{} is not a git repository (clone mode needs one; use --workspace-mode cow)",
+            repo.display()
+        ));
+    }
+    git(&[
+        &os("clone"),
+        &os("--quiet"),
+        &os("--no-hardlinks"),
+        repo.as_os_str(),
+        dest.as_os_str(),
+    ])
+    .map_err(|e| format!("git clone of {} failed: {e}", repo.display()))?;
+    let in_clone = |args: &[&str]| {
+        let mut a: Vec<std::ffi::OsString> = vec![os("-C"), dest.as_os_str().to_os_string()];
+        a.extend(args.iter().map(|s| os(s)));
+        let refs: Vec<&std::ffi::OsStr> = a.iter().map(|s| s.as_os_str()).collect();
+        git(&refs)
+    };
+    in_clone(&["remote", "set-url", "origin", "/run/airlock/source"])?;
+    for key in ["user.name", "user.email"] {
+        let value = git(&[
+            &os("-C"),
+            repo.as_os_str(),
+            &os("config"),
+            &os("--get"),
+            &os(key),
+        ])
+        .unwrap_or_default();
+        if !value.is_empty() {
+            in_clone(&["config", key, &value])?;
+        }
     }
     Ok(())
 }

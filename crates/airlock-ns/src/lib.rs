@@ -68,6 +68,16 @@ impl Backend for NamespaceBackend {
         })?;
         // SAFETY: geteuid cannot fail.
         let system_cow = namespaces::IdMap::for_invoker(unsafe { libc::geteuid() }, 0).full_range;
+        if spec.mode == airlock_core::spec::WorkspaceMode::Clone {
+            layers::make_clone(&spec.workspace, &layers::Layers::new(dir).clone_dir()).map_err(
+                |reason| {
+                    tier(NsError::Workspace {
+                        path: spec.workspace.clone(),
+                        reason,
+                    })
+                },
+            )?;
+        }
         if spec.ephemeral {
             // A `--rm` sandbox keeps its layers in memory (see `MountPlan::volatile_layers`).
             return Ok(());

@@ -415,6 +415,12 @@ impl MountPlan {
             }
             WorkspaceMode::Rw => bind(&self.workspace, &ws, false)?,
             WorkspaceMode::Ro => bind(&self.workspace, &ws, true)?,
+            WorkspaceMode::Clone => {
+                bind(&self.layers.clone_dir(), &ws, false)?;
+                let source = r.join("run/airlock/source");
+                mkdir_all(&source)?;
+                bind(&self.workspace, &source, true)?;
+            }
         }
 
         if let Some(src) = &self.resolv_conf {

@@ -188,6 +188,7 @@ pub enum ModeArg {
     Cow,
     Rw,
     Ro,
+    Clone,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -203,7 +204,7 @@ pub struct SandboxOpts {
     #[arg(long, short = 'W', value_name = "PATH")]
     pub workspace: Option<PathBuf>,
 
-    /// How the workspace is mounted: cow (copy-on-write: host untouched), rw (live), ro
+    /// How the workspace is mounted: cow (copy-on-write: host untouched), rw (live), ro, or clone (a private git clone; fetch the agent's commits back with git)
     #[arg(long, value_enum, default_value = "cow", value_name = "MODE")]
     pub workspace_mode: ModeArg,
 

@@ -227,6 +227,7 @@ pub fn build_spec(
             ModeArg::Cow => WorkspaceMode::Cow,
             ModeArg::Rw => WorkspaceMode::Rw,
             ModeArg::Ro => WorkspaceMode::Ro,
+            ModeArg::Clone => WorkspaceMode::Clone,
         },
         isolation: match opts.isolation {
             IsolationArg::Namespace => Isolation::Namespace,
@@ -249,6 +250,15 @@ pub fn build_spec(
 pub fn create_sandbox(store: &Store, spec: &SandboxSpec, be: &dyn Backend) -> Result<(), Failure> {
     be.preflight()?;
     store.create(spec, |dir| be.prepare(spec, dir))?;
+    if spec.mode == WorkspaceMode::Clone && !spec.ephemeral {
+        let clone = store.paths.sandbox_dir(&spec.name).join("clone");
+        ui::note(&format!(
+            "sandbox {n} works on its own clone of this repository; bring its commits back with:\n  git -C {ws} fetch {c} '+refs/heads/*:refs/remotes/airlock-{n}/*'",
+            n = spec.name,
+            ws = spec.workspace.display(),
+            c = clone.display()
+        ));
+    }
     Ok(())
 }
 
