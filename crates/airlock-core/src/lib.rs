@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod error;
 pub mod paths;
+pub mod secrets;
 pub mod spec;
 pub mod store;
 pub mod units;

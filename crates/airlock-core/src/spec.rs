@@ -131,6 +131,18 @@ impl std::fmt::Display for PortMap {
     }
 }
 
+/// A credential of a sandbox: which service, and the placeholder the sandbox holds instead of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialSpec {
+    pub service: String,
+    pub env: String,
+    pub hosts: Vec<String>,
+    pub header: String,
+    pub format: String,
+    /// `airlock-placeholder-<random>`: what the sandbox's environment holds.
+    pub placeholder: String,
+}
+
 /// The identity the agent runs as inside: by default the invoking user's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxUser {
@@ -154,6 +166,12 @@ pub struct SandboxSpec {
     pub user: SandboxUser,
     #[serde(default)]
     pub network: NetworkSpec,
+    /// The kit this sandbox was created for (`airlock run KIT`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kit: Option<String>,
+    /// Credentials injected at the gate: the sandbox sees only their placeholders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialSpec>,
     /// The template this sandbox starts from (`--template`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,

@@ -379,6 +379,8 @@ mod tests {
             },
             network: NetworkSpec::default(),
             template: None,
+            kit: None,
+            credentials: vec![],
             ephemeral: false,
             created_at: 0,
         }

@@ -70,6 +70,8 @@ pub fn main() -> i32 {
         Command::Review(c) => commands::review::dispatch(c),
         Command::Net(c) => commands::policy::dispatch(c),
         Command::Template(c) => commands::template::dispatch(c),
+        Command::Kit(c) => commands::kit::dispatch(c),
+        Command::Secret(c) => commands::secret::dispatch(c),
         Command::Probe(a) => commands::audit::probe(a),
     };
     match result {

@@ -38,6 +38,7 @@ pub enum Command {
   airlock run --rm -- cargo test            # one-shot: deleted when the command exits
   airlock run --name dev --memory 4g -- bash
   airlock run --workspace-mode ro -- grep -r TODO .
+  airlock run claude                        # the Claude Code agent, its API allowed, key injected
 
 Exit status: the command's own, 128+N when it was killed by signal N, 124 when --timeout
 expired, 125 when Airlock itself failed before the command ran.")]
@@ -144,6 +145,12 @@ every network attempt. `--net-targets none` makes no connection or lookup beyond
 
     #[command(flatten)]
     Template(crate::commands::template::TemplateCommand),
+
+    #[command(flatten)]
+    Kit(crate::commands::kit::KitCommand),
+
+    #[command(flatten)]
+    Secret(crate::commands::secret::SecretCommand),
 
     /// (internal) The audit probe, as run inside a sandbox: prints a JSON report
     #[command(name = "__probe", hide = true)]
@@ -263,6 +270,15 @@ pub struct SandboxOpts {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// An agent kit to run (claude, codex, gemini, opencode, aider, shell; see `airlock kit ls`);
+    /// arguments after -- go to the agent
+    #[arg(value_name = "KIT")]
+    pub kit_name: Option<String>,
+
+    /// Run CMD (after --) with a kit's environment, network policy and credentials
+    #[arg(long, value_name = "KIT", conflicts_with = "kit_name")]
+    pub kit: Option<String>,
+
     /// Name of the sandbox: created if new, reused if it exists [default: a generated name]
     #[arg(long)]
     pub name: Option<String>,

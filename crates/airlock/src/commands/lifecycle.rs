@@ -208,6 +208,8 @@ pub fn placeholder_spec(workspace: PathBuf) -> SandboxSpec {
         user: user::invoking_user(),
         network: NetworkSpec::default(),
         template: None,
+        kit: None,
+        credentials: vec![],
         ephemeral: true,
         created_at: 0,
     }
@@ -236,6 +238,8 @@ pub fn build_spec(
         limits: limits(opts)?,
         env: parse_env(&opts.env, &opts.env_file)?,
         network: network_spec(opts)?,
+        kit: None,
+        credentials: vec![],
         template: match &opts.template {
             Some(t) => Some(super::template::require(store, t)?),
             None => None,
@@ -299,6 +303,10 @@ fn outcome_code(outcome: Outcome, spec: &SandboxSpec) -> i32 {
 
 pub fn run(a: RunArgs) -> Result<i32, Failure> {
     let store = open_store()?;
+    let kit = match a.kit_name.as_ref().or(a.kit.as_ref()) {
+        Some(k) => Some(super::kit::load(k)?),
+        None => None,
+    };
     let (spec, created) = match &a.name {
         Some(n) if store.exists(n) => {
             let spec = store.load(n)?;
@@ -311,7 +319,24 @@ pub fn run(a: RunArgs) -> Result<i32, Failure> {
         }
         _ => {
             let name = a.name.clone().unwrap_or_else(units::generate_name);
-            let spec = build_spec(name, &a.opts, a.rm, &store)?;
+            let mut spec = build_spec(name, &a.opts, a.rm, &store)?;
+            if let Some(k) = &kit {
+                super::kit::apply(k, &mut spec);
+                for c in &spec.credentials {
+                    if airlock_core::secrets::SecretStore::load(&store.paths.data)?
+                        .get(&c.service)
+                        .is_none()
+                    {
+                        ui::warn(&format!(
+                            "no {s} secret: the agent will only have a placeholder; store one with `airlock secret set {s}`",
+                            s = c.service
+                        ));
+                    }
+                }
+                if a.kit_name.is_some() {
+                    super::kit::check_installed(k, &spec, &store)?;
+                }
+            }
             let be = backend(spec.isolation)?;
             create_sandbox(&store, &spec, be.as_ref()).map_err(|f| Failure {
                 code: run_failed(f.code),
@@ -327,8 +352,18 @@ pub fn run(a: RunArgs) -> Result<i32, Failure> {
         }
     };
     let be = backend(spec.isolation)?;
+    // `airlock run KIT -- ARGS`: the kit's command with ARGS; `--kit KIT -- CMD`: CMD.
+    let argv = match (&kit, &a.kit_name) {
+        (Some(k), Some(_)) => k
+            .command
+            .iter()
+            .cloned()
+            .chain(a.command.iter().cloned())
+            .collect(),
+        _ => a.command.clone(),
+    };
     let req = ExecRequest {
-        argv: a.command.clone(),
+        argv,
         tty: !a.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
         ..Default::default()
     };

@@ -2,9 +2,11 @@
 
 pub mod audit;
 pub mod info;
+pub mod kit;
 pub mod lifecycle;
 pub mod policy;
 pub mod review;
+pub mod secret;
 pub mod template;
 
 use airlock_core::backend::Backend;
