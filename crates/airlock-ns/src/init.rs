@@ -271,8 +271,12 @@ fn serve_port_request(ports: RawFd) -> bool {
         return true;
     }
     let port = u16::from_be_bytes([req[1], req[2]]);
-    let stream = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
-        .or_else(|_| std::net::TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, port)));
+    // Bounded: a service that never accepts must not hold up the init's signal handling.
+    let timeout = std::time::Duration::from_secs(1);
+    let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let stream = std::net::TcpStream::connect_timeout(&v4, timeout)
+        .or_else(|_| std::net::TcpStream::connect_timeout(&v6, timeout));
     match stream {
         Ok(s) => {
             if crate::pty::send_fd(ports, std::os::fd::AsRawFd::as_raw_fd(&s)).is_err() {

@@ -139,6 +139,24 @@ fn boot(
     enforcement: Enforcement,
     main: Option<&CommandSpec>,
 ) -> Result<Booted> {
+    // Whatever fails, the sandbox's cgroup does not outlive the attempt.
+    let cgroup_dirs = enforcement
+        .cgroup
+        .as_ref()
+        .map(|c| c.dirs.clone())
+        .unwrap_or_default();
+    boot_inner(store, spec, seccomp, enforcement, main).inspect_err(|_| {
+        cgroups::remove_dirs(&cgroup_dirs);
+    })
+}
+
+fn boot_inner(
+    store: &Store,
+    spec: &SandboxSpec,
+    seccomp: &SeccompProgram,
+    enforcement: Enforcement,
+    main: Option<&CommandSpec>,
+) -> Result<Booted> {
     // SAFETY: geteuid/getegid cannot fail.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let idmap = IdMap::for_invoker(euid, egid);
