@@ -8,6 +8,8 @@
 //!   pinning what they resolved to.
 //! - [`gate`]: the egress proxy (HTTP, CONNECT, SOCKS5, transparent) and
 //!   [`NetService`], which runs the gate and the resolver in their own thread.
+//! - [`inject`]: credential injection at the boundary: credentials and
+//!   placeholders, head rewriting, response scrubbing, the per-sandbox CA.
 //! - [`tls`]: the ClientHello SNI reader.
 //! - [`tun`]: transparent capture, sandbox side: the TUN device, its
 //!   addresses and routes ([`create_tun_in_current_netns`]).
@@ -19,6 +21,7 @@
 pub mod addr;
 pub mod dns;
 pub mod gate;
+pub mod inject;
 pub mod log;
 pub mod policy;
 pub mod stack;
@@ -27,6 +30,7 @@ pub mod tun;
 
 pub use dns::{DnsConfig, DnsServer, PinSet};
 pub use gate::{Connector, DirectConnector, Gate, GateConfig, NetListeners, NetService, proxy_env};
+pub use inject::{Credential, InjectError, Injector, SandboxCa};
 pub use log::{Decision, DecisionLog, DecisionPath, VerdictKind};
 pub use policy::{
     HOST_INTERNAL, HostExposure, NetworkConfig, Policy, PolicyError, PolicyHandle, PolicySources,
