@@ -601,6 +601,55 @@ def case_dispose(e: Env) -> dict:
     return out
 
 
+def case_netgate(e: Env) -> dict:
+    """New-connection latency and bulk throughput through the gate vs direct, between two sealed
+    network namespaces (veth, documentation addresses, no default route)."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return {"available": False, "note": "needs root and iproute2 (ip netns) for the sealed test network"}
+    tag = f"{os.getpid()}"
+    cns, sns = f"airbench-c-{tag}", f"airbench-s-{tag}"
+    script = os.path.join(HERE, "workload", "netgate.py")
+    ipr = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True)  # noqa: E731
+    server = None
+    try:
+        ipr("netns", "add", cns)
+        ipr("netns", "add", sns)
+        ipr("netns", "exec", cns, "ip", "link", "add", "vc", "type", "veth", "peer", "name", "vs", "netns", sns)
+        for ns, dev, addr in ((cns, "vc", "203.0.113.1/24"), (sns, "vs", "203.0.113.10/24")):
+            ipr("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            ipr("netns", "exec", ns, "ip", "addr", "add", addr, "dev", dev)
+            ipr("netns", "exec", ns, "ip", "link", "set", dev, "up")
+        server = subprocess.Popen(["ip", "netns", "exec", sns, sys.executable, script, "serve", "203.0.113.10"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+        n = 50 if e.args.quick else 300
+        mib = 128 if e.args.quick else 512
+        inside = ["ip", "netns", "exec", cns, e.airlock, "run", "--rm", "--allow", "203.0.113.10", "--",
+                  "/usr/bin/python3", script]
+        direct = ["ip", "netns", "exec", cns, "/usr/bin/python3", script]
+        res = {}
+        for label, pre, extra in (("direct", direct, []), ("gate, transparent", inside, []), ("gate, proxy CONNECT", inside, ["proxy"])):
+            lat = json.loads(run_capture(pre + ["latency", "203.0.113.10", str(n)] + extra, env=e.env, timeout=300).stdout.strip().splitlines()[-1])
+            thr = json.loads(run_capture(pre + ["throughput", "203.0.113.10", str(mib)] + extra, env=e.env, timeout=300).stdout.strip().splitlines()[-1])
+            res[label] = {"connect_rtt_median_us": round(lat["median_us"], 1), "connect_rtt_p90_us": round(lat["p90_us"], 1),
+                          "throughput_mib_s": round(thr["mib_per_s"], 1)}
+            e.log(f"  {label}: {res[label]}")
+        d = res["direct"]
+        out = {"available": True, "results": res, "n": n, "mib": mib}
+        for k in ("gate, transparent", "gate, proxy CONNECT"):
+            out.setdefault("added_latency_us", {})[k] = round(res[k]["connect_rtt_median_us"] - d["connect_rtt_median_us"], 1)
+            out.setdefault("throughput_ratio", {})[k] = round(res[k]["throughput_mib_s"] / d["throughput_mib_s"], 3)
+        return out
+    finally:
+        if server:
+            server.stdin.close()
+            server.kill()
+            server.wait()
+        for ns in (cns, sns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+
 def case_unavailable(what: str):
     def f(e: Env) -> dict:
         return {"available": False, "note": f"not available in this build ({what})"}
@@ -613,7 +662,7 @@ CASES = [
     ("1", "cold", "Cold one-shot start: run --rm -- true", case_cold),
     ("2", "exec", "Exec into a running sandbox", case_exec),
     ("3", "workload", "Workload inside vs on the host", case_workload),
-    ("4", "netgate", "Network gate", case_unavailable("the network gate is not wired into airlock yet")),
+    ("4", "netgate", "Network gate: new connection and throughput vs direct", case_netgate),
     ("5", "density", "Density: N idle sandboxes", case_density),
     ("6", "dispose", "Dispose: rm as the upper layer grows", case_dispose),
     ("7", "vm", "VM tier", case_unavailable("the VM tier has not landed")),
@@ -645,7 +694,13 @@ def targets(c: dict) -> list[dict]:
             if k in w:
                 v = w[k]["overhead_pct"]
                 add("3", f"workload overhead: {k} (median)", v, "%", "<= 3 %", v <= 3.0)
-    if c.get("netgate", {}).get("available") is False:
+    ng = c.get("netgate", {})
+    if ng.get("available"):
+        for k, v in ng["added_latency_us"].items():
+            add("4", f"gate: added new-connection latency ({k})", v, "µs", "<= 1000 µs", v <= 1000)
+        for k, v in ng["throughput_ratio"].items():
+            add("4", f"gate: throughput vs direct ({k})", round(100 * v, 1), "%", ">= 80 %", v >= 0.8)
+    elif ng.get("available") is False:
         add("4", "gate: new connection / throughput", None, "", "<= 1 ms, >= 80 %", None)
     d = c.get("density", {})
     if d.get("available"):
@@ -778,6 +833,10 @@ def table(c: dict, tg: list[dict], m: dict) -> str:
             kk = ", ".join(f"{k} {v}" for k, v in r["kernel_per_sandbox_kib"].items())
             L.append(f"| 5. density ({n} idle) | MemAvailable drop per sandbox | {r['memavailable_drop_per_sandbox_mib']} MiB | | kernel KiB/sandbox: {kk} |")
             L.append(f"| 5. density ({n} idle) | parallel rm -f | {r['rms_per_s']}/s | | all removed: {r['all_removed']} |")
+        elif key == "netgate":
+            for v, st in r["results"].items():
+                L.append(f"| 4. gate | {v}: connect + 1-byte round trip | {st['connect_rtt_median_us']} µs | {st['connect_rtt_p90_us']} µs | |")
+                L.append(f"| 4. gate | {v}: bulk upload ({r['mib']} MiB) | {st['throughput_mib_s']} MiB/s | | |")
         elif key == "dispose":
             for v, by in r["results"].items():
                 for s, st in by.items():
