@@ -25,7 +25,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 
+mod intercept;
+
 use crate::dns::{DnsConfig, DnsServer, PinSet, Upstream, is_transient_accept_error};
+use crate::inject::{Injection, Injector};
 use crate::log::{DecisionLog, DecisionPath};
 use crate::policy::{HOST_INTERNAL, Policy, PolicyHandle, Reason, Verdict, normalize_host};
 use crate::tls::{ClientHello, parse_client_hello};
@@ -67,6 +70,9 @@ pub struct GateConfig {
     /// The address `host.airlock.internal` resolves to inside the sandbox
     /// (transparent connections to it go to an exposed host port).
     pub host_alias: Option<IpAddr>,
+    /// Credential injection (see [`crate::inject`]); `None`: off, nothing
+    /// is ever intercepted.
+    pub injection: Option<Injection>,
 }
 
 impl GateConfig {
@@ -80,6 +86,7 @@ impl GateConfig {
             handshake_timeout: Duration::from_secs(30),
             sniff_timeout: Duration::from_millis(300),
             host_alias: None,
+            injection: None,
         }
     }
 }
@@ -118,6 +125,7 @@ struct Inner {
     log: DecisionLog,
     upstream: Upstream,
     connector: Arc<dyn Connector>,
+    upstream_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 /// The gate; cheap to clone, all clones share policy, pins and log.
@@ -178,6 +186,7 @@ impl Gate {
                 log,
                 upstream,
                 connector,
+                upstream_tls: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -185,6 +194,11 @@ impl Gate {
     /// The shared policy.
     pub fn policy(&self) -> &PolicyHandle {
         &self.inner.policy
+    }
+
+    /// The credential injector, when injection is on.
+    pub fn injector(&self) -> Option<&Arc<Injector>> {
+        self.inner.config.injection.as_ref().map(|i| &i.injector)
     }
 
     /// The shared pins.
@@ -488,11 +502,78 @@ impl Gate {
                 upgrade = true;
             }
         }
+        let mut head = crate::inject::RequestHead {
+            method: method.clone(),
+            target: path.clone(),
+            version,
+            headers: req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect(),
+        };
+        // Credential injection: placeholders to other hosts are refused,
+        // the credential's own host gets the secret (if allowed in clear).
+        let mut scrub = None;
+        let mut scan = None;
+        if let Some(inj) = self.injector().cloned() {
+            let host_n = normalize_host(&host);
+            let early = &buf[head_len..];
+            let exfil = inj.head_placeholder(&host_n, &head).or_else(|| {
+                (!inj.intercepts(&host_n))
+                    .then(|| inj.carries_placeholder(early))
+                    .flatten()
+                    .map(|service| crate::inject::Exfiltration {
+                        service: service.to_string(),
+                        host: host_n.clone(),
+                    })
+            });
+            if let Some(e) = exfil {
+                let v = Verdict::deny(Reason::Other, e.rule());
+                self.log(DecisionPath::ProxyHttp, Some(&host_n), None, port, &v);
+                let body = self.refusal_body(&host, port, &v);
+                let _ = respond(&mut client, 403, "Forbidden", &body, Some(&v.rule)).await;
+                return;
+            }
+            if inj.intercepts(&host_n) {
+                if inj.wants_injection(&host_n, &head) && !inj.allow_plain_http {
+                    let v = Verdict::deny(
+                        Reason::Other,
+                        format!(
+                            "credential injection: the secret for {host_n} is never sent over plain HTTP; use https://"
+                        ),
+                    );
+                    self.log(DecisionPath::ProxyHttp, Some(&host_n), None, port, &v);
+                    let body = self.refusal_body(&host, port, &v);
+                    let _ = respond(&mut client, 403, "Forbidden", &body, Some(&v.rule)).await;
+                    return;
+                }
+                match inj.rewrite_request_head(&host_n, &mut head) {
+                    Ok(rw) => {
+                        let mut sc = inj.scrubber();
+                        for (f, t) in rw.scrub {
+                            sc.add(f, t);
+                        }
+                        for service in &rw.injected {
+                            let v = Verdict::allow(
+                                Reason::Other,
+                                format!("credential {service} injected (plain HTTP)"),
+                            );
+                            self.log(DecisionPath::ProxyHttp, Some(&host_n), None, port, &v);
+                        }
+                        scrub = Some(sc);
+                    }
+                    Err(_) => return, // head_placeholder above already refused these
+                }
+            } else {
+                scan = Some(inj.scanner());
+            }
+        }
         // Rewrite to origin form, drop hop-by-hop and proxy headers.
-        let mut out = format!("{method} {path} HTTP/1.{version}\r\n").into_bytes();
+        let mut out = format!("{method} {} HTTP/1.{version}\r\n", head.target).into_bytes();
         let mut has_host = false;
-        for h in req.headers.iter() {
-            let n = h.name.to_ascii_lowercase();
+        for (name, value) in head.headers.iter() {
+            let n = name.to_ascii_lowercase();
             if matches!(
                 n.as_str(),
                 "connection"
@@ -508,9 +589,9 @@ impl Gate {
             if n == "host" {
                 has_host = true;
             }
-            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
         if !has_host {
@@ -539,6 +620,17 @@ impl Gate {
         {
             Ok((mut up, _)) => {
                 if up.write_all(&out).await.is_err() {
+                    return;
+                }
+                if scan.is_some() || scrub.is_some() {
+                    let addr = up.peer_addr().ok().map(|a| a.ip());
+                    let ctx = intercept::Ctx {
+                        path: DecisionPath::ProxyHttp,
+                        host: normalize_host(&host),
+                        addr,
+                        port,
+                    };
+                    self.splice_checked(client, up, scan, scrub, &ctx).await;
                     return;
                 }
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
@@ -659,6 +751,13 @@ impl Gate {
             let _ = client.shutdown().await;
             return;
         }
+        if matches!(sniffed, Sniffed::Tls { .. })
+            && self.injector().is_some_and(|i| i.intercepts(&host_n))
+        {
+            let client = intercept::Prefixed::new(buf, client);
+            self.intercept_tls(client, up, path, &host_n, port).await;
+            return;
+        }
         if !buf.is_empty() && up.write_all(&buf).await.is_err() {
             return;
         }
@@ -771,6 +870,7 @@ impl Gate {
             return;
         }
         let is_http = matches!(sniffed, Sniffed::Http { .. });
+        let is_tls = matches!(sniffed, Sniffed::Tls { .. });
         let named = match sniffed {
             Sniffed::Tls { sni } => sni,
             Sniffed::Http { host } => {
@@ -829,6 +929,23 @@ impl Gate {
                 let body = self.refusal_body(&host, port, &v);
                 let _ = respond(&mut client, 403, "Forbidden", &body, Some(&v.rule)).await;
             }
+            return;
+        }
+        if let (Some(inj), Some(name)) = (self.injector(), name.as_deref())
+            && is_tls
+            && inj.intercepts(name)
+        {
+            let Ok(up) = self.connect(original_dst).await else {
+                return;
+            };
+            let client = intercept::Prefixed::new(buf, client);
+            self.intercept_tls(client, up, path, name, port).await;
+            return;
+        }
+        if is_http && let Some(inj) = self.injector() {
+            let host = name.clone().unwrap_or_else(|| ip.to_string());
+            self.transparent_http(inj, client, buf, original_dst, &host)
+                .await;
             return;
         }
         let mut up = match self.connect(original_dst).await {

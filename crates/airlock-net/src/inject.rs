@@ -601,10 +601,42 @@ impl Scrubber {
                 None => i += 1,
             }
         }
-        let keep = (self.max - 1).min(buf.len());
+        // Hold back only a suffix that could still become a match.
+        let keep = (1..self.max.min(buf.len() + 1))
+            .rev()
+            .find(|&k| {
+                let suffix = &buf[buf.len() - k..];
+                self.patterns.iter().any(|(f, _)| f.starts_with(suffix))
+            })
+            .unwrap_or(0);
         let cut = buf.len() - keep;
         out.extend_from_slice(&buf[..cut]);
         self.tail.extend_from_slice(&buf[cut..]);
+    }
+
+    /// Whether bytes are held back.
+    pub fn pending(&self) -> bool {
+        !self.tail.is_empty()
+    }
+
+    /// The stream went idle with bytes held back (a possible start of a
+    /// secret): passes them on, masked when they are at least
+    /// [`IDLE_MASK_MIN`] bytes long, so at most that many bytes of a
+    /// secret's prefix could ever be shown.
+    pub fn flush_idle(&mut self, out: &mut Vec<u8>) {
+        if self.tail.len() >= IDLE_MASK_MIN {
+            let n = self.tail.len();
+            if let Some((_, to)) = self
+                .patterns
+                .iter()
+                .find(|(f, _)| f.starts_with(&self.tail))
+            {
+                out.extend_from_slice(&to[..n]);
+                self.tail.clear();
+                return;
+            }
+        }
+        self.finish(out);
     }
 
     /// Ends the stream: appends the held-back bytes.
@@ -613,6 +645,9 @@ impl Scrubber {
         self.tail.clear();
     }
 }
+
+/// See [`Scrubber::flush_idle`].
+pub const IDLE_MASK_MIN: usize = 16;
 
 /// Finds patterns in a byte stream across chunk boundaries.
 #[derive(Debug)]
@@ -653,6 +688,36 @@ impl StreamScan {
 }
 
 // ------------------------------------------------------------ CA
+
+/// Everything the gate needs to inject credentials for one sandbox
+/// ([`crate::GateConfig::injection`]).
+#[derive(Debug, Clone)]
+pub struct Injection {
+    /// The credentials.
+    pub injector: Arc<Injector>,
+    /// The sandbox's CA (its certificate must be in the sandbox's trust
+    /// bundle).
+    pub ca: Arc<SandboxCa>,
+    /// Extra trust anchors for upstream verification (tests), added to
+    /// the host's trust store.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Whether the host's trust store is loaded (always in production;
+    /// tests turn it off to trust only `extra_roots`).
+    pub use_host_store: bool,
+}
+
+impl Injection {
+    /// Injection of `injector`'s credentials with TLS terminated by `ca`,
+    /// upstreams verified against the host's trust store.
+    pub fn new(injector: Arc<Injector>, ca: Arc<SandboxCa>) -> Injection {
+        Injection {
+            injector,
+            ca,
+            extra_roots: Vec::new(),
+            use_host_store: true,
+        }
+    }
+}
 
 /// A per-sandbox certificate authority (ECDSA P-256, 30 days, pathlen 0,
 /// server authentication only, optionally name-constrained to the
@@ -1065,6 +1130,26 @@ mod tests {
         // Nothing to replace: bytes pass unchanged, the tail is flushed.
         let mut s = inj.scrubber();
         assert_eq!(scrub_chunks(&mut s, b"short", 2), b"short");
+        // Only a possible start of a secret is held back.
+        let mut s = inj.scrubber();
+        let mut out = Vec::new();
+        s.feed(b"{\"a\":1}\n", &mut out);
+        assert_eq!(out, b"{\"a\":1}\n");
+        assert!(!s.pending());
+        s.feed(b"ask", &mut out);
+        assert_eq!(out, b"{\"a\":1}\na");
+        assert!(s.pending());
+        s.flush_idle(&mut out);
+        assert_eq!(out, b"{\"a\":1}\nask", "short prefixes pass on idle");
+        let mut out = Vec::new();
+        s.feed(&SECRET.as_bytes()[..20], &mut out);
+        assert!(out.is_empty());
+        s.flush_idle(&mut out);
+        assert_eq!(
+            out,
+            &ph.as_bytes()[..20],
+            "long prefixes are masked on idle"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod tun;
 
 pub use dns::{DnsConfig, DnsServer, PinSet};
 pub use gate::{Connector, DirectConnector, Gate, GateConfig, NetListeners, NetService, proxy_env};
-pub use inject::{Credential, InjectError, Injector, SandboxCa};
+pub use inject::{Credential, InjectError, Injection, Injector, SandboxCa};
 pub use log::{Decision, DecisionLog, DecisionPath, VerdictKind};
 pub use policy::{
     HOST_INTERNAL, HostExposure, NetworkConfig, Policy, PolicyError, PolicyHandle, PolicySources,
