@@ -124,13 +124,16 @@ fn setup(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
         }
     }
     namespaces::loopback_up().map_err(|e| e.to_string())?;
+    airlock_core::startup::trace("init: hostname, lo");
     // The network's only ways out, served by the supervisor: created here, in the sandbox's
     // network namespace, while we still hold its capabilities and can see /dev/net/tun.
     let sockets =
         crate::net::InsideSockets::create(plan.network_capture).map_err(|e| e.to_string())?;
     sockets.send(sock).map_err(|e| e.to_string())?;
     drop(sockets);
+    airlock_core::startup::trace("init: network sockets handed over");
     plan.apply().map_err(|e| e.to_string())?;
+    airlock_core::startup::trace("init: filesystem built");
     // The supervisor moves us into the sandbox's cgroup while we build the filesystem; once we
     // are in it, a new cgroup namespace makes it our root.
     let mut msg = [0u8; 1];

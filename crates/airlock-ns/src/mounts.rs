@@ -427,6 +427,7 @@ impl MountPlan {
             show_file_at(r, Path::new("/etc/resolv.conf"), src)?;
         }
 
+        airlock_core::startup::trace("mounts: system, dev, proc, sys, home, workspace");
         // Masks. A mask over a path the agent cannot see anyway is skipped.
         let null = dev.join("null");
         for f in &self.masked_files {

@@ -195,6 +195,7 @@ fn boot_inner(
     };
     let (parent_sock, child_sock) = seqpacket_pair()?;
     let (ports_sock, ports_child) = seqpacket_pair()?;
+    airlock_core::startup::trace("boot: plan ready, cloning");
 
     let pid = match namespaces::clone_process(SANDBOX_CLONE_FLAGS) {
         Ok(0) => {
@@ -242,6 +243,7 @@ fn boot_inner(
         return Err(fail(e));
     }
     send_byte(MSG_IN_CGROUP);
+    airlock_core::startup::trace("boot: maps written, in cgroup");
     // First the network sockets (or an early error), then "ready" (or the error).
     let (net, mut buf, mut n) = match crate::net::InsideSockets::recv(parent_sock.as_raw_fd()) {
         Ok(Ok(sockets)) => (Some(sockets), vec![0u8; 4096], 0),
@@ -477,13 +479,16 @@ pub fn run_foreground(
     req: &ExecRequest,
     on_ready: &mut dyn FnMut(),
 ) -> Result<Outcome> {
+    airlock_core::startup::trace("run: start");
     let seccomp = SeccompProgram::compile_default()?;
+    airlock_core::startup::trace("run: seccomp compiled");
     let workdir = req
         .workdir
         .clone()
         .unwrap_or_else(|| spec.workspace.clone());
     let mut sigfd = signal_fd()?;
     let enforcement = enforcement(store, spec);
+    airlock_core::startup::trace("run: limits placed");
     let cmd = match CommandSpec::new(
         spec,
         &req.argv,
@@ -509,6 +514,7 @@ pub fn run_foreground(
             return Err(e);
         }
     };
+    airlock_core::startup::trace("boot: init ready");
     let net = match start_network(store, spec, &mut booted) {
         Ok(n) => n,
         Err(e) => {
@@ -532,6 +538,7 @@ pub fn run_foreground(
         .limits
         .timeout_secs
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    airlock_core::startup::trace("network up, supervising");
     let outcome = supervise(
         &mut sigfd,
         booted.init_pid,
@@ -540,6 +547,9 @@ pub fn run_foreground(
         deadline,
         booted.init_pid,
     );
+    airlock_core::startup::trace("init exited");
+    drop(net);
+    airlock_core::startup::trace("network down");
     finish(store, spec, &booted);
     Ok(outcome)
 }

@@ -52,6 +52,7 @@ fn code_for(e: &anyhow::Error) -> i32 {
 }
 
 pub fn main() -> i32 {
+    airlock_core::startup::begin();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::lifecycle::run(a),

@@ -338,6 +338,7 @@ pub fn run(a: RunArgs) -> Result<i32, Failure> {
                 }
             }
             let be = backend(spec.isolation)?;
+            airlock_core::startup::trace("spec built");
             create_sandbox(&store, &spec, be.as_ref()).map_err(|f| Failure {
                 code: run_failed(f.code),
                 ..f
@@ -367,10 +368,14 @@ pub fn run(a: RunArgs) -> Result<i32, Failure> {
         tty: !a.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
         ..Default::default()
     };
+    airlock_core::startup::trace("sandbox created");
     let result = run_in(&store, be.as_ref(), &spec, &req);
+    airlock_core::startup::trace("command done");
     if a.rm || spec.ephemeral || (created && result.is_err()) {
         let _lock = store.lock(&spec.name)?;
-        if let Err(e) = remove_sandbox(&store, be.as_ref(), &spec.name) {
+        let removed = remove_sandbox(&store, be.as_ref(), &spec.name);
+        airlock_core::startup::trace("sandbox removed");
+        if let Err(e) = removed {
             ui::warn(&format!(
                 "could not delete sandbox {}: {}; run `airlock gc`",
                 spec.name, e.error
