@@ -134,6 +134,8 @@ pub struct MountPlan {
     pub devpts_gid5: bool,
     /// A host file to show as the sandbox's /etc/resolv.conf.
     pub resolv_conf: Option<PathBuf>,
+    /// A host file to show as the sandbox's system trust bundle (credential injection's CA added).
+    pub trust_bundle: Option<PathBuf>,
     /// Where to keep the system layers in memory (a tmpfs mounted there) instead of on disk:
     /// for `--rm` sandboxes.
     pub volatile_layers: Option<PathBuf>,
@@ -215,6 +217,7 @@ impl MountPlan {
             hidden_state,
             devpts_gid5: system_cow,
             resolv_conf: None,
+            trust_bundle: None,
             volatile_layers: None,
             network_capture: true,
             home_owner: (spec.user.uid, spec.user.gid),
@@ -425,6 +428,9 @@ impl MountPlan {
 
         if let Some(src) = &self.resolv_conf {
             show_file_at(r, Path::new("/etc/resolv.conf"), src)?;
+        }
+        if let Some(src) = &self.trust_bundle {
+            show_file_at(r, Path::new(crate::net::TRUST_BUNDLE), src)?;
         }
 
         airlock_core::startup::trace("mounts: system, dev, proc, sys, home, workspace");

@@ -281,6 +281,77 @@ pub fn upstream_dns() -> SocketAddr {
 }
 
 /// A running sandbox's network service: gate, resolver, transparent capture, policy watcher.
+/// Credential injection for a sandbox: its per-sandbox CA, made before the sandbox starts so the
+/// CA is in the sandbox's trust bundle from its first instruction.
+pub struct Credentials {
+    pub injection: airlock_net::Injection,
+    /// Services whose secret was found, and those without one (the agent only has a placeholder).
+    pub missing: Vec<String>,
+}
+
+/// The system trust bundle inside sandboxes that use credential injection.
+pub const TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl Credentials {
+    /// Gather the secrets of `spec`'s credentials (stored, else from our environment) and make
+    /// the sandbox's CA. `None` when the sandbox has no credentials.
+    pub fn prepare(store: &Store, spec: &SandboxSpec) -> Result<Option<Credentials>> {
+        if spec.credentials.is_empty() {
+            return Ok(None);
+        }
+        let secrets = airlock_core::secrets::SecretStore::load(&store.paths.data)?;
+        let mut creds = Vec::new();
+        let mut missing = Vec::new();
+        for c in &spec.credentials {
+            let Some((secret, _)) = secrets.get(&c.service) else {
+                missing.push(c.service.clone());
+                continue;
+            };
+            let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
+            let mut cred = airlock_net::Credential::new(
+                &c.service,
+                &hosts,
+                &c.header,
+                &c.format,
+                zeroize::Zeroizing::new(secret),
+            );
+            cred.placeholder = c.placeholder.clone();
+            creds.push(cred);
+        }
+        let hosts: Vec<String> = creds.iter().flat_map(|c| c.hosts.clone()).collect();
+        let injector = Arc::new(airlock_net::Injector::new(creds).map_err(policy_err)?);
+        let ca = Arc::new(
+            airlock_net::SandboxCa::generate_for_hosts(&spec.name, &hosts).map_err(policy_err)?,
+        );
+        let mut injection = airlock_net::Injection::new(injector, ca);
+        // Extra trust anchors for upstreams (a corporate CA, a test upstream), from the user's
+        // own environment: never from the sandbox.
+        if let Some(path) = std::env::var_os("AIRLOCK_UPSTREAM_CA_FILE") {
+            let pem = std::fs::read(&path).map_err(|e| NsError::path(PathBuf::from(&path), e))?;
+            injection.extra_roots = rustls_pemfile_certs(&pem);
+        }
+        Ok(Some(Credentials { injection, missing }))
+    }
+
+    /// The host's trust bundle plus the sandbox's CA, for the sandbox's /etc/ssl/certs.
+    pub fn trust_bundle(&self) -> String {
+        let mut b = std::fs::read_to_string(TRUST_BUNDLE).unwrap_or_default();
+        if !b.ends_with('\n') && !b.is_empty() {
+            b.push('\n');
+        }
+        b.push_str(self.injection.ca.cert_pem());
+        b
+    }
+}
+
+/// PEM certificates (`-----BEGIN CERTIFICATE-----` blocks) as DER.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .filter_map(|c| c.ok())
+        .collect()
+}
+
 pub struct SandboxNet {
     service: Option<NetService>,
     _stack: Option<StackHandle>,
@@ -292,12 +363,21 @@ pub struct SandboxNet {
 }
 
 impl SandboxNet {
-    pub fn start(store: &Store, spec: &SandboxSpec, sockets: InsideSockets) -> Result<SandboxNet> {
+    pub fn start(
+        store: &Store,
+        spec: &SandboxSpec,
+        sockets: InsideSockets,
+        credentials: Option<Credentials>,
+    ) -> Result<SandboxNet> {
         let paths = paths(store, spec);
         let policy = build_policy(spec, &paths)?;
         let log = DecisionLog::open(&paths.log, &spec.name).map_err(policy_err)?;
         let upstream = upstream_dns();
-        let gate_cfg = GateConfig::new(&spec.name, upstream);
+        let mut gate_cfg = GateConfig::new(&spec.name, upstream);
+        let injecting = credentials
+            .as_ref()
+            .map(|c| (c.injection.injector.credentials().len(), c.missing.clone()));
+        gate_cfg.injection = credentials.map(|c| c.injection);
         let dns_cfg = DnsConfig::new(upstream);
         let listeners = NetListeners {
             proxy: Some(TcpListener::from(sockets.proxy)),
@@ -331,6 +411,16 @@ impl SandboxNet {
                     sockets.tun_error.unwrap_or_default()
                 ),
             ),
+        };
+        let description = match injecting {
+            Some((n, missing)) if missing.is_empty() => {
+                format!("{description}; {n} credential(s) injected at the gate")
+            }
+            Some((n, missing)) => format!(
+                "{description}; {n} credential(s) injected at the gate, no secret for {}",
+                missing.join(", ")
+            ),
+            None => description,
         };
         let stop_watch = Arc::new(AtomicBool::new(false));
         let net = SandboxNet {

@@ -64,6 +64,18 @@ pub fn sandbox_env(
     }
     // Proxy-aware clients go straight to the policy gate; everything else is captured anyway.
     env.extend(airlock_net::proxy_env(&crate::net::proxy_url()));
+    if !spec.credentials.is_empty() {
+        // Every common TLS stack trusts the bundle that holds the sandbox's CA.
+        for k in [
+            "SSL_CERT_FILE",
+            "NODE_EXTRA_CA_CERTS",
+            "REQUESTS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+            "GIT_SSL_CAINFO",
+        ] {
+            env.push((k.into(), crate::net::TRUST_BUNDLE.into()));
+        }
+    }
     if tty && !env.iter().any(|(k, _)| k == "TERM") {
         env.push(("TERM".into(), "xterm-256color".into()));
     }

@@ -121,6 +121,8 @@ fn rlimits_of(spec: &SandboxSpec, state: &RuntimeState) -> Rlimits {
 }
 
 pub struct Booted {
+    /// Credentials to inject at the gate (their CA is already in the sandbox's trust bundle).
+    pub credentials: Option<crate::net::Credentials>,
     pub init_pid: i32,
     /// Channel to the init for connections to published ports.
     pub ports: OwnedFd,
@@ -174,6 +176,12 @@ fn boot_inner(
     std::fs::write(&resolv, crate::net::resolv_conf()).map_err(|e| NsError::path(&resolv, e))?;
     plan.resolv_conf = Some(resolv);
     plan.network_capture = crate::net::needs_capture(store, spec);
+    let credentials = crate::net::Credentials::prepare(store, spec)?;
+    if let Some(c) = &credentials {
+        let bundle = runtime.join("ca-bundle.crt");
+        std::fs::write(&bundle, c.trust_bundle()).map_err(|e| NsError::path(&bundle, e))?;
+        plan.trust_bundle = Some(bundle);
+    }
     if let Some(t) = &spec.template {
         let dir = store.paths.templates().join(t);
         if !dir.is_dir() {
@@ -258,6 +266,7 @@ fn boot_inner(
     }
     match buf.first() {
         Some(&MSG_READY) if n >= 1 => Ok(Booted {
+            credentials,
             init_pid: pid,
             ports: ports_sock,
             net,
@@ -288,7 +297,7 @@ fn start_network(
         .ports
         .try_clone()
         .map_err(|e| NsError::sys("the ports channel", e))?;
-    let mut net = crate::net::SandboxNet::start(store, spec, sockets)?;
+    let mut net = crate::net::SandboxNet::start(store, spec, sockets, booted.credentials.take())?;
     net.publisher = Some(crate::ports::Publisher::start(
         ports,
         &spec.network.publish,

@@ -35,6 +35,10 @@ fn ip_in(ns: &str, args: &[&str]) {
 
 impl FakeInternet {
     fn new() -> FakeInternet {
+        FakeInternet::with_env(&[])
+    }
+
+    fn with_env(server_env: &[(&str, String)]) -> FakeInternet {
         let ns = unique("airlock-client");
         let server = unique("airlock-server");
         ip(&["netns", "add", &ns]);
@@ -90,6 +94,7 @@ impl FakeInternet {
         );
         let mut servers = Command::new("ip")
             .args(["netns", "exec", &server, "/usr/bin/python3", script])
+            .envs(server_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -433,6 +438,180 @@ fn published_ports_reach_a_server_started_inside_and_disappear_with_the_sandbox(
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", host_port)).is_err(),
             "the mapping disappears with the sandbox"
+        );
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+const SECRET: &str = "sk-test-REAL-secret-value-0123456789abcdef";
+
+/// A kit's credential reaches its upstream (over TLS, through the gate's interception), while the
+/// sandbox only ever holds and sees the placeholder; sending the placeholder elsewhere is refused.
+#[test]
+fn credentials_are_injected_at_the_gate_and_never_enter_the_sandbox() {
+    let pki = tempfile::tempdir().unwrap();
+    let d = pki.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Airlock test upstream CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=api.secret.test",
+        ],
+    );
+    std::fs::write(d.join("ext"), "subjectAltName=DNS:api.secret.test\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let upstream_log = d.join("received.log");
+    let net = FakeInternet::with_env(&[
+        ("FAKE_TLS_CERT", d.join("srv.pem").display().to_string()),
+        ("FAKE_TLS_KEY", d.join("srv.key").display().to_string()),
+        ("FAKE_TLS_LOG", upstream_log.display().to_string()),
+    ]);
+    for who in everyone() {
+        let mut env = Env::new(&who);
+        let kits = env.home.join(".config/airlock/kits");
+        std::fs::create_dir_all(&kits).unwrap();
+        std::fs::write(
+            kits.join("secrettest.toml"),
+            "name = \"secrettest\"\ndescription = \"test kit\"\ncommand = []\nallow = [\"api.secret.test\", \"allowed.test\"]\n\n[[credentials]]\nservice = \"secrettest\"\nenv = \"SECRETTEST_API_KEY\"\nhosts = [\"api.secret.test\"]\nheader = \"x-api-key\"\nformat = \"{secret}\"\n",
+        )
+        .unwrap();
+        env.chown_all();
+        let mut set = env
+            .command(&[
+                "secret",
+                "set-custom",
+                "secrettest",
+                "--host",
+                "api.secret.test",
+                "--header",
+                "x-api-key",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        set.stdin
+            .take()
+            .unwrap()
+            .write_all(SECRET.as_bytes())
+            .unwrap();
+        assert!(set.wait().unwrap().success());
+        env.extra_env.push((
+            "AIRLOCK_UPSTREAM_CA_FILE".into(),
+            d.join("ca.pem").display().to_string(),
+        ));
+        let _ = std::fs::remove_file(&upstream_log);
+        let client = r#"
+import os, urllib.request
+key = os.environ["SECRETTEST_API_KEY"]
+print("inside-key", key)
+req = urllib.request.Request("https://api.secret.test/v1", headers={"x-api-key": key})
+r = urllib.request.urlopen(req, timeout=10)
+print("status", r.status)
+print("echo-header", r.headers.get("X-Echo-Key"))
+print("body", r.read().decode().strip())
+try:
+    urllib.request.urlopen(urllib.request.Request("http://allowed.test/", headers={"x-api-key": key}), timeout=10)
+    print("exfil OK")
+except urllib.error.HTTPError as e:
+    print("exfil", e.code, e.read().decode(errors="replace").replace("\n", " ")[:300])
+"#;
+        let out = net.airlock(
+            &env,
+            &[
+                "run",
+                "--rm",
+                "--kit",
+                "secrettest",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                client,
+            ],
+        );
+        let o = stdout(&out);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            !o.contains(SECRET),
+            "the sandbox must never see the real secret: {o}"
+        );
+        let placeholder = o
+            .lines()
+            .find_map(|l| l.strip_prefix("inside-key "))
+            .unwrap()
+            .to_string();
+        assert!(placeholder.starts_with("airlock-placeholder-"), "{o}");
+        assert!(o.contains("status 200"), "{o}");
+        // The upstream received the real key (and echoed it; the gate scrubbed the echo).
+        let received = std::fs::read_to_string(&upstream_log).unwrap();
+        assert_eq!(received.trim(), SECRET, "the upstream gets the real key");
+        assert!(o.lines().any(|l| l.starts_with("body your key is ")), "{o}");
+        // The placeholder sent to another host is refused and logged as exfiltration.
+        let exfil = o.lines().find(|l| l.starts_with("exfil")).unwrap();
+        assert!(exfil.starts_with("exfil 403"), "{exfil}");
+        assert!(
+            exfil.contains("exfiltration") || exfil.contains("placeholder"),
+            "{exfil}"
         );
     }
 }
