@@ -633,7 +633,7 @@ impl Gate {
                     self.splice_checked(client, up, scan, scrub, &ctx).await;
                     return;
                 }
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                let _ = splice(&mut client, &mut up).await;
             }
             Err(r) => self.refuse_http(&mut client, &host, port, r).await,
         }
@@ -761,7 +761,7 @@ impl Gate {
         if !buf.is_empty() && up.write_all(&buf).await.is_err() {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+        let _ = splice(&mut client, &mut up).await;
     }
 
     // ----------------------------------------------------------- SOCKS5
@@ -851,7 +851,7 @@ impl Gate {
                 return;
             }
             if let Ok(mut up) = self.connect(SocketAddr::new(lo, port)).await {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                let _ = splice(&mut client, &mut up).await;
             }
             return;
         }
@@ -955,7 +955,7 @@ impl Gate {
         if !buf.is_empty() && up.write_all(&buf).await.is_err() {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+        let _ = splice(&mut client, &mut up).await;
     }
 }
 
@@ -1450,4 +1450,14 @@ mod tests {
         assert_eq!(parse_http_uri("https://a.test/"), None);
         assert_eq!(parse_http_uri("/relative"), None);
     }
+}
+
+/// Copy both ways until both sides close. 256 KiB buffers instead of tokio's default 8 KiB: a
+/// 64 KiB segment from the sandbox then costs one write upstream, not eight.
+async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, 256 * 1024, 256 * 1024).await
 }
