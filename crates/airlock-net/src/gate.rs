@@ -1413,6 +1413,16 @@ impl Drop for NetService {
     }
 }
 
+/// Copy both ways until both sides close. 256 KiB buffers instead of tokio's default 8 KiB: a
+/// 64 KiB segment from the sandbox then costs one write upstream, not eight.
+async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, 256 * 1024, 256 * 1024).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1450,14 +1460,4 @@ mod tests {
         assert_eq!(parse_http_uri("https://a.test/"), None);
         assert_eq!(parse_http_uri("/relative"), None);
     }
-}
-
-/// Copy both ways until both sides close. 256 KiB buffers instead of tokio's default 8 KiB: a
-/// 64 KiB segment from the sandbox then costs one write upstream, not eight.
-async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(a, b, 256 * 1024, 256 * 1024).await
 }
