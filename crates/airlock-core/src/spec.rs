@@ -172,6 +172,9 @@ pub struct SandboxSpec {
     /// Credentials injected at the gate: the sandbox sees only their placeholders.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<CredentialSpec>,
+    /// Forward the caller's SSH agent (`--ssh-agent`): off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ssh_agent: bool,
     /// The template this sandbox starts from (`--template`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,

@@ -381,6 +381,7 @@ mod tests {
             template: None,
             kit: None,
             credentials: vec![],
+            ssh_agent: false,
             ephemeral: false,
             created_at: 0,
         }

@@ -19,6 +19,9 @@ use crate::layers::Layers;
 /// Host system directories shown inside (copy-on-write where ids allow, otherwise read-only).
 pub const SYSTEM_DIRS: &[&str] = &["usr", "etc", "opt", "var", "srv"];
 
+/// Where `--ssh-agent` shows the caller's agent socket inside the sandbox.
+pub const SSH_AGENT_SOCK: &str = "/run/airlock/ssh-agent.sock";
+
 /// Host files replaced by an empty file inside: credentials and keys of the host.
 const MASKED_FILES: &[&str] = &[
     "/etc/shadow",
@@ -134,6 +137,8 @@ pub struct MountPlan {
     pub devpts_gid5: bool,
     /// A host file to show as the sandbox's /etc/resolv.conf.
     pub resolv_conf: Option<PathBuf>,
+    /// The caller's SSH agent socket, shown at [`SSH_AGENT_SOCK`] (`--ssh-agent`).
+    pub ssh_agent: Option<PathBuf>,
     /// A host file to show as the sandbox's system trust bundle (credential injection's CA added).
     pub trust_bundle: Option<PathBuf>,
     /// Where to keep the system layers in memory (a tmpfs mounted there) instead of on disk:
@@ -218,6 +223,7 @@ impl MountPlan {
             devpts_gid5: system_cow,
             resolv_conf: None,
             trust_bundle: None,
+            ssh_agent: None,
             volatile_layers: None,
             network_capture: true,
             home_owner: (spec.user.uid, spec.user.gid),
@@ -428,6 +434,14 @@ impl MountPlan {
 
         if let Some(src) = &self.resolv_conf {
             show_file_at(r, Path::new("/etc/resolv.conf"), src)?;
+        }
+        if let Some(sock) = &self.ssh_agent {
+            let target = under(r, Path::new(SSH_AGENT_SOCK));
+            if let Some(parent) = target.parent() {
+                mkdir_all(parent)?;
+            }
+            touch(&target)?;
+            bind(sock, &target, false)?;
         }
         if let Some(src) = &self.trust_bundle {
             show_file_at(r, Path::new(crate::net::TRUST_BUNDLE), src)?;

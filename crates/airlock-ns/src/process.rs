@@ -64,6 +64,9 @@ pub fn sandbox_env(
     }
     // Proxy-aware clients go straight to the policy gate; everything else is captured anyway.
     env.extend(airlock_net::proxy_env(&crate::net::proxy_url()));
+    if spec.ssh_agent {
+        env.push(("SSH_AUTH_SOCK".into(), crate::mounts::SSH_AGENT_SOCK.into()));
+    }
     if !spec.credentials.is_empty() {
         // Every common TLS stack trusts the bundle that holds the sandbox's CA.
         for k in [

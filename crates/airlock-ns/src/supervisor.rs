@@ -176,6 +176,19 @@ fn boot_inner(
     std::fs::write(&resolv, crate::net::resolv_conf()).map_err(|e| NsError::path(&resolv, e))?;
     plan.resolv_conf = Some(resolv);
     plan.network_capture = crate::net::needs_capture(store, spec);
+    if spec.ssh_agent {
+        let sock = std::env::var_os("SSH_AUTH_SOCK")
+            .map(PathBuf::from)
+            .filter(|p| {
+                use std::os::unix::fs::FileTypeExt;
+                std::fs::metadata(p)
+                    .map(|m| m.file_type().is_socket())
+                    .unwrap_or(false)
+            });
+        plan.ssh_agent = Some(sock.ok_or_else(|| {
+            NsError::Setup("--ssh-agent: SSH_AUTH_SOCK does not name an agent socket here; start ssh-agent (or drop --ssh-agent)".into())
+        })?);
+    }
     let credentials = crate::net::Credentials::prepare(store, spec)?;
     if let Some(c) = &credentials {
         let bundle = runtime.join("ca-bundle.crt");

@@ -259,6 +259,10 @@ pub struct SandboxOpts {
     #[arg(long, value_name = "PORT")]
     pub host_port: Vec<u16>,
 
+    /// Forward your SSH agent into the sandbox (off by default: its keys can then be used, not read, from inside)
+    #[arg(long)]
+    pub ssh_agent: bool,
+
     /// Start from a template saved with `airlock save` (warm caches, installed packages)
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,

@@ -108,3 +108,42 @@ fn kits_apply_their_policy_and_the_sandbox_only_ever_holds_a_placeholder() {
         assert!(env.airlock(&["secret", "rm", "anthropic"]).status.success());
     }
 }
+
+#[test]
+fn ssh_agent_forwarding_is_off_by_default_and_opt_in() {
+    for who in everyone() {
+        let mut env = Env::new(&who);
+        let sock = env.base.join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        if let Who::User { uid, gid, .. } = who {
+            std::os::unix::fs::chown(&sock, Some(uid), Some(gid)).unwrap();
+        }
+        env.extra_env
+            .push(("SSH_AUTH_SOCK".into(), sock.display().to_string()));
+        let probe = "import os, socket\np = os.environ.get('SSH_AUTH_SOCK')\nprint('var', p)\ntry:\n    s = socket.socket(socket.AF_UNIX); s.connect(p or '/nonexistent'); print('agent reachable')\nexcept Exception as e:\n    print('agent unreachable')\n";
+        let off = stdout(&env.airlock(&["run", "--rm", "--", "/usr/bin/python3", "-c", probe]));
+        assert!(
+            off.contains("var None") && off.contains("agent unreachable"),
+            "{off}"
+        );
+        let out = env.airlock(&[
+            "run",
+            "--rm",
+            "--ssh-agent",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            probe,
+        ]);
+        assert!(
+            stderr(&out).contains("--ssh-agent"),
+            "a warning says what it allows"
+        );
+        let on = stdout(&out);
+        assert!(
+            on.contains("var /run/airlock/ssh-agent.sock") && on.contains("agent reachable"),
+            "{on}"
+        );
+        drop(listener);
+    }
+}

@@ -135,6 +135,7 @@ fn default_sandbox(store: &Store) -> Result<SandboxSpec, Failure> {
         host_port: vec![],
         publish: vec![],
         template: None,
+        ssh_agent: false,
     };
     let spec = build_spec(
         format!("audit-{}", units::generate_name()),

@@ -210,6 +210,7 @@ pub fn placeholder_spec(workspace: PathBuf) -> SandboxSpec {
         template: None,
         kit: None,
         credentials: vec![],
+        ssh_agent: false,
         ephemeral: true,
         created_at: 0,
     }
@@ -240,6 +241,14 @@ pub fn build_spec(
         network: network_spec(opts)?,
         kit: None,
         credentials: vec![],
+        ssh_agent: {
+            if opts.ssh_agent {
+                ui::warn(
+                    "--ssh-agent: programs in the sandbox can use (not read) your SSH keys to log in wherever its network policy lets them, for as long as it runs",
+                );
+            }
+            opts.ssh_agent
+        },
         template: match &opts.template {
             Some(t) => Some(super::template::require(store, t)?),
             None => None,
