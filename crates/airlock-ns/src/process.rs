@@ -112,16 +112,7 @@ impl CommandSpec {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| DEFAULT_PATH.into());
         let host_exe = match host_exe {
-            Some(p) => {
-                let c = cstring(p.as_os_str().as_bytes())?;
-                // SAFETY: open with a valid path; the fd is owned immediately.
-                let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-                if fd < 0 {
-                    return Err(NsError::path(p, std::io::Error::last_os_error()));
-                }
-                // SAFETY: fd is fresh and owned by nobody else.
-                Some(unsafe { OwnedFd::from_raw_fd(fd) })
-            }
+            Some(p) => Some(sealed_copy(p)?),
             None => None,
         };
         Ok(CommandSpec {
@@ -302,6 +293,35 @@ impl CommandSpec {
         ));
         code
     }
+}
+
+/// A sealed in-memory copy of the host executable `path`, to execute inside a sandbox: the
+/// sandboxed process's /proc/PID/exe then points at the sealed copy, never at a host file that a
+/// process inside could reopen for writing (the CVE-2019-5736 class).
+fn sealed_copy(path: &Path) -> Result<OwnedFd> {
+    use std::io::Write;
+    // SAFETY: memfd_create with a valid name; the fd is owned immediately.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"airlock-exe".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(NsError::last("memfd_create for the executable"));
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let bytes = std::fs::read(path).map_err(|e| NsError::path(path, e))?;
+    let mut f = std::fs::File::from(memfd);
+    f.write_all(&bytes)
+        .map_err(|e| NsError::sys("copying the executable", e))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on our own memfd.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(NsError::last("sealing the executable's copy"));
+    }
+    Ok(OwnedFd::from(f))
 }
 
 /// Write an error to stderr without allocating more than needed.
