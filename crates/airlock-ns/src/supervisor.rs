@@ -31,6 +31,9 @@ use crate::process::CommandSpec;
 use crate::pty;
 use crate::rlimits::Rlimits;
 
+/// The sandbox's compiled seccomp filter, in its runtime directory (not visible inside).
+const SECCOMP_CACHE: &str = "seccomp.bpf";
+
 /// Signals the supervisor handles through a signalfd (blocked before any fork, so children
 /// inherit them blocked: init waits for them, commands unblock them before exec).
 fn handled_signals() -> SigSet {
@@ -172,6 +175,8 @@ fn boot_inner(
     }
     let state_dirs = [store.paths.data.clone(), store.paths.runtime.clone()];
     let mut plan = MountPlan::for_sandbox(spec, layers, root, idmap.full_range, &state_dirs);
+    // The compiled filter, for `exec` to install without compiling the policy again.
+    let _ = airlock_core::store::write_atomic(&runtime.join(SECCOMP_CACHE), &seccomp.to_bytes());
     let resolv = runtime.join("resolv.conf");
     std::fs::write(&resolv, crate::net::resolv_conf()).map_err(|e| NsError::path(&resolv, e))?;
     plan.resolv_conf = Some(resolv);
@@ -702,10 +707,10 @@ pub fn exec(
     state: &RuntimeState,
     req: &ExecRequest,
 ) -> Result<i32> {
-    let _ = store;
     if !process_is(state.init_pid, state.init_start_ticks) {
         return Err(NsError::NotRunning(spec.name.clone()));
     }
+    airlock_core::startup::trace("exec: start");
     let nsfds = NsFds::open(state.init_pid)?;
     // The fds pin the namespaces; make sure they belong to the process we meant (no pid reuse).
     if !process_is(state.init_pid, state.init_start_ticks) {
@@ -722,7 +727,11 @@ pub fn exec(
                 .map_err(|e| NsError::path(&p, e))
         })
         .collect::<Result<_>>()?;
-    let seccomp = SeccompProgram::compile_default()?;
+    let seccomp = match std::fs::read(store.runtime_dir(&spec.name).join(SECCOMP_CACHE)) {
+        Ok(b) => SeccompProgram::from_bytes(&b).or_else(|_| SeccompProgram::compile_default())?,
+        Err(_) => SeccompProgram::compile_default()?,
+    };
+    airlock_core::startup::trace("exec: seccomp compiled");
     let workdir = req
         .workdir
         .clone()
@@ -792,6 +801,7 @@ pub fn exec(
             "could not start the command in the sandbox".into(),
         ));
     }
+    airlock_core::startup::trace("exec: command started");
     let master = if req.tty {
         Some(accept_pty(parent_sock.as_raw_fd())?)
     } else {

@@ -25,6 +25,21 @@ mod bpf_interp;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn compiled_filters_round_trip_through_bytes() {
+        let p = SeccompProgram::compile_default().unwrap();
+        let q = SeccompProgram::from_bytes(&p.to_bytes()).unwrap();
+        assert_eq!(p.to_bytes(), q.to_bytes());
+        assert_eq!(p.filters.len(), q.filters.len());
+        assert!(SeccompProgram::from_bytes(&p.to_bytes()[..10]).is_err());
+        assert!(SeccompProgram::from_bytes(b"").is_err());
+    }
+}
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -115,6 +130,12 @@ pub enum SeccompError {
         error: seccompiler::BackendError,
     },
 
+    /// A compiled filter saved with [`SeccompProgram::to_bytes`] could not be read back.
+    #[error(
+        "the cached seccomp filter is malformed ({0}); delete it and Airlock compiles the policy again"
+    )]
+    Cache(&'static str),
+
     /// The kernel refused to install the filter.
     #[error(
         "installing the seccomp filter failed at {step}: {error}. The kernel must support \
@@ -177,6 +198,76 @@ impl fmt::Debug for SeccompProgram {
 }
 
 impl SeccompProgram {
+    /// The compiled filters as bytes (a count, then per filter its length and its `sock_filter`
+    /// instructions), so a process can install the filter without compiling the policy again.
+    /// The inspection metadata (rules, reasons) is not included.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.filters.len() as u32).to_le_bytes());
+        for f in &self.filters {
+            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            for i in f {
+                out.extend_from_slice(&i.code.to_le_bytes());
+                out.push(i.jt);
+                out.push(i.jf);
+                out.extend_from_slice(&i.k.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Read back what [`SeccompProgram::to_bytes`] wrote, for this CPU architecture.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SeccompProgram, SeccompError> {
+        let arch = Arch::current().ok_or(SeccompError::UnsupportedArch {
+            arch: std::env::consts::ARCH,
+        })?;
+        let mut rest = bytes;
+        let u32_at = |rest: &mut &[u8]| -> Result<u32, SeccompError> {
+            let (h, t) = rest
+                .split_at_checked(4)
+                .ok_or(SeccompError::Cache("truncated"))?;
+            *rest = t;
+            Ok(u32::from_le_bytes([h[0], h[1], h[2], h[3]]))
+        };
+        let n = u32_at(&mut rest)? as usize;
+        if n == 0 || n > 16 {
+            return Err(SeccompError::Cache("filter count"));
+        }
+        let mut filters = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = u32_at(&mut rest)? as usize;
+            if len == 0 || len > 4096 {
+                return Err(SeccompError::Cache("filter length"));
+            }
+            let (body, t) = rest
+                .split_at_checked(len * 8)
+                .ok_or(SeccompError::Cache("truncated"))?;
+            rest = t;
+            filters.push(
+                body.chunks_exact(8)
+                    .map(|c| libc::sock_filter {
+                        code: u16::from_le_bytes([c[0], c[1]]),
+                        jt: c[2],
+                        jf: c[3],
+                        k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+                    })
+                    .collect(),
+            );
+        }
+        if !rest.is_empty() {
+            return Err(SeccompError::Cache("trailing bytes"));
+        }
+        Ok(SeccompProgram {
+            arch,
+            filters,
+            rules: vec![],
+            allowed: vec![],
+            denied: vec![],
+            skipped: vec![],
+            ceiling: None,
+        })
+    }
+
     /// Parse the embedded `policy/seccomp.toml` and compile it for the running arch.
     pub fn compile_default() -> Result<SeccompProgram, SeccompError> {
         Self::compile_from_toml(DEFAULT_POLICY_TOML)
