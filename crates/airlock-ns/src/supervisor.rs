@@ -31,8 +31,34 @@ use crate::process::CommandSpec;
 use crate::pty;
 use crate::rlimits::Rlimits;
 
-/// The sandbox's compiled seccomp filter, in its runtime directory (not visible inside).
-const SECCOMP_CACHE: &str = "seccomp.bpf";
+/// The seccomp filter, compiled once per policy text and architecture and kept in Airlock's state
+/// (`<data>/cache/seccomp-<hash>.bpf`, never visible inside a sandbox), so starting or joining a
+/// sandbox only reads it back.
+pub fn seccomp_program(store: &Store) -> Result<SeccompProgram> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in airlock_seccomp::DEFAULT_POLICY_TOML
+        .bytes()
+        .chain(std::env::consts::ARCH.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let path = store
+        .paths
+        .data
+        .join("cache")
+        .join(format!("seccomp-{h:016x}.bpf"));
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(p) = SeccompProgram::from_bytes(&bytes)
+    {
+        return Ok(p);
+    }
+    let p = SeccompProgram::compile_default()?;
+    if airlock_core::store::mkdir_private(&store.paths.data.join("cache")).is_ok() {
+        let _ = airlock_core::store::write_atomic(&path, &p.to_bytes());
+    }
+    Ok(p)
+}
 
 /// Signals the supervisor handles through a signalfd (blocked before any fork, so children
 /// inherit them blocked: init waits for them, commands unblock them before exec).
@@ -175,8 +201,6 @@ fn boot_inner(
     }
     let state_dirs = [store.paths.data.clone(), store.paths.runtime.clone()];
     let mut plan = MountPlan::for_sandbox(spec, layers, root, idmap.full_range, &state_dirs);
-    // The compiled filter, for `exec` to install without compiling the policy again.
-    let _ = airlock_core::store::write_atomic(&runtime.join(SECCOMP_CACHE), &seccomp.to_bytes());
     let resolv = runtime.join("resolv.conf");
     std::fs::write(&resolv, crate::net::resolv_conf()).map_err(|e| NsError::path(&resolv, e))?;
     plan.resolv_conf = Some(resolv);
@@ -507,7 +531,7 @@ pub fn run_foreground(
     on_ready: &mut dyn FnMut(),
 ) -> Result<Outcome> {
     airlock_core::startup::trace("run: start");
-    let seccomp = SeccompProgram::compile_default()?;
+    let seccomp = seccomp_program(store)?;
     airlock_core::startup::trace("run: seccomp compiled");
     let workdir = req
         .workdir
@@ -583,7 +607,7 @@ pub fn run_foreground(
 
 /// `airlock start`: start the sandbox under a detached supervisor and return once it runs.
 pub fn start_detached(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
-    let seccomp = SeccompProgram::compile_default()?;
+    let seccomp = seccomp_program(store)?;
     let (report_r, report_w) = seqpacket_pair()?;
     let log = store.runtime_dir(&spec.name).join("supervisor.log");
     std::fs::create_dir_all(store.runtime_dir(&spec.name))
@@ -727,10 +751,7 @@ pub fn exec(
                 .map_err(|e| NsError::path(&p, e))
         })
         .collect::<Result<_>>()?;
-    let seccomp = match std::fs::read(store.runtime_dir(&spec.name).join(SECCOMP_CACHE)) {
-        Ok(b) => SeccompProgram::from_bytes(&b).or_else(|_| SeccompProgram::compile_default())?,
-        Err(_) => SeccompProgram::compile_default()?,
-    };
+    let seccomp = seccomp_program(store)?;
     airlock_core::startup::trace("exec: seccomp compiled");
     let workdir = req
         .workdir
