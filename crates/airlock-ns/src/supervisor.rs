@@ -663,6 +663,9 @@ fn supervisor_main(
             libc::dup2(f.as_raw_fd(), 2);
         }
     }
+    // The gate's sockets must never kill the supervisor, whatever the caller's SIGPIPE disposition.
+    // SAFETY: setting one signal's disposition in the single-threaded daemon.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // The caller's lifecycle lock and any other descriptor must not live on in the daemon.
     init::close_all_except(&[0, 1, 2, report.as_raw_fd()]);
     let send_report = |msg: &[u8]| {

@@ -54,6 +54,26 @@ fn code_for(e: &anyhow::Error) -> i32 {
 pub fn main() -> i32 {
     airlock_core::startup::begin();
     let cli = Cli::parse();
+    // Commands that only print behave like other Unix tools when their reader goes away
+    // (`airlock ls | head`): the default SIGPIPE ends them quietly. Commands that supervise a
+    // sandbox keep Rust's ignored SIGPIPE: the gate's sockets must not kill the supervisor.
+    if matches!(
+        cli.command,
+        Command::Ls { .. }
+            | Command::Inspect { .. }
+            | Command::Gc { .. }
+            | Command::Completions { .. }
+            | Command::Ports { .. }
+            | Command::Audit(_)
+            | Command::Review(_)
+            | Command::Net(_)
+            | Command::Template(_)
+            | Command::Kit(_)
+            | Command::Secret(_)
+    ) {
+        // SAFETY: restoring the default disposition of one signal before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Run(a) => commands::lifecycle::run(a),
         Command::Create(a) => commands::lifecycle::create(a),
