@@ -300,6 +300,17 @@ pub fn remove_dirs(dirs: &[PathBuf]) -> Vec<String> {
         }
         if std::fs::remove_dir(d).is_ok() {
             removed.push(format!("cgroup {}", d.display()));
+            // The store's scope (`airlock/<hash>`) and `airlock/` itself go once empty; rmdir of a
+            // cgroup with children or processes fails, so this never touches another sandbox's.
+            if let Some(scope) = d.parent() {
+                let _ = std::fs::remove_dir(scope);
+                if let Some(base) = scope
+                    .parent()
+                    .filter(|b| b.file_name().is_some_and(|n| n == "airlock"))
+                {
+                    let _ = std::fs::remove_dir(base);
+                }
+            }
         }
     }
     removed

@@ -169,6 +169,12 @@ fn stop_and_start_keep_the_sandbox_state_and_rm_leaves_no_residue() {
             assert!(!cg.contains(&name));
             for c in &cgroups {
                 assert!(!std::path::Path::new(c).exists());
+                let scope = std::path::Path::new(c).parent().unwrap();
+                assert!(
+                    !scope.exists(),
+                    "the store's empty cgroup scope {} is removed too",
+                    scope.display()
+                );
             }
         }
         assert_eq!(env.airlock(&["inspect", &name]).status.code(), Some(3));
