@@ -331,11 +331,9 @@ pub fn run(a: RunArgs) -> Result<i32, Failure> {
             let mut spec = build_spec(name, &a.opts, a.rm, &store)?;
             if let Some(k) = &kit {
                 super::kit::apply(k, &mut spec);
+                let secrets = airlock_core::secrets::SecretStore::load(&store.paths.data)?;
                 for c in &spec.credentials {
-                    if airlock_core::secrets::SecretStore::load(&store.paths.data)?
-                        .get(&c.service)
-                        .is_none()
-                    {
+                    if secrets.get(&c.service).is_none() {
                         ui::warn(&format!(
                             "no {s} secret: the agent will only have a placeholder; store one with `airlock secret set {s}`",
                             s = c.service
