@@ -171,6 +171,14 @@ pub fn utc_datetime(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// FNV-1a, 64 bit: a stable, dependency-free hash for naming things after their content (cache
+/// files, cgroup scopes). Not for security.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// `1.5 GiB`, `512 MiB`, `12 KiB`, `7 B`.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];

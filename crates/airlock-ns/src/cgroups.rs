@@ -118,12 +118,7 @@ fn join_own(mount: &Path, own: &str) -> PathBuf {
 /// The cgroup subtree of one Airlock store (`airlock/<hash of its state directory>`): stores of
 /// different users or `AIRLOCK_HOME`s never see, reap or kill each other's sandboxes.
 pub fn scope_for(state_dir: &Path) -> PathBuf {
-    // FNV-1a: a stable, dependency-free 64-bit hash; collisions only merge two stores' listings.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in state_dir.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = airlock_core::units::fnv1a(state_dir.as_os_str().as_encoded_bytes().iter().copied());
     PathBuf::from("airlock").join(format!("{h:016x}"))
 }
 

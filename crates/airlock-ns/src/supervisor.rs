@@ -35,14 +35,11 @@ use crate::rlimits::Rlimits;
 /// (`<data>/cache/seccomp-<hash>.bpf`, never visible inside a sandbox), so starting or joining a
 /// sandbox only reads it back.
 pub fn seccomp_program(store: &Store) -> Result<SeccompProgram> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in airlock_seccomp::DEFAULT_POLICY_TOML
-        .bytes()
-        .chain(std::env::consts::ARCH.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = airlock_core::units::fnv1a(
+        airlock_seccomp::DEFAULT_POLICY_TOML
+            .bytes()
+            .chain(std::env::consts::ARCH.bytes()),
+    );
     let path = store
         .paths
         .data
