@@ -1,0 +1,2 @@
+//! Airlock's guest agent (being written).
+fn main() {}
