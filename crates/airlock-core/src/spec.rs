@@ -178,6 +178,9 @@ pub struct SandboxSpec {
     /// The template this sandbox starts from (`--template`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// Run a private Docker daemon in the sandbox (`--docker`, microVM tier only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub docker: bool,
     /// Delete the sandbox when its command exits (`run --rm`).
     pub ephemeral: bool,
     /// Seconds since the Unix epoch.
@@ -205,6 +208,9 @@ pub struct RuntimeState {
     /// How the sandbox's network is wired.
     #[serde(default)]
     pub network: String,
+    /// For a microVM sandbox: the accelerator, vCPUs, memory and guest kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
 }
 
 /// Seconds since the Unix epoch, now.

@@ -382,6 +382,7 @@ mod tests {
             kit: None,
             credentials: vec![],
             ssh_agent: false,
+            docker: false,
             ephemeral: false,
             created_at: 0,
         }

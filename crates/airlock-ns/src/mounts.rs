@@ -117,6 +117,15 @@ const PROC_READONLY: &[&str] = &[
 /// Device nodes bound from the host into the sandbox's /dev.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
+/// A host file or directory shown inside at another path (the microVM tier's kernel, disk and
+/// VMM sockets, for the sandbox that hosts its VMM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraBind {
+    pub host: PathBuf,
+    pub inside: PathBuf,
+    pub readonly: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct MountPlan {
     /// Empty host directory the new root is built on (in the sandbox's mount namespace only).
@@ -150,6 +159,10 @@ pub struct MountPlan {
     pub home_owner: (u32, u32),
     /// Whether the init creates a TUN device for transparent capture (see `net::needs_capture`).
     pub network_capture: bool,
+    /// Extra host paths shown inside (see [`ExtraBind`]).
+    pub extra_binds: Vec<ExtraBind>,
+    /// Extra device nodes of the host's /dev shown inside (`kvm` for a VMM).
+    pub extra_devices: Vec<String>,
 }
 
 impl MountPlan {
@@ -228,6 +241,8 @@ impl MountPlan {
             network_capture: true,
             home_owner: (spec.user.uid, spec.user.gid),
             template: None,
+            extra_binds: Vec::new(),
+            extra_devices: Vec::new(),
         }
     }
 
@@ -315,7 +330,11 @@ impl MountPlan {
             libc::MS_NOSUID | libc::MS_NOEXEC,
             Some("mode=0755,size=64k"),
         )?;
-        for d in DEVICES {
+        for d in DEVICES
+            .iter()
+            .copied()
+            .chain(self.extra_devices.iter().map(String::as_str))
+        {
             let target = dev.join(d);
             touch(&target)?;
             bind(&Path::new("/dev").join(d), &target, false)?;
@@ -445,6 +464,18 @@ impl MountPlan {
         }
         if let Some(src) = &self.trust_bundle {
             show_file_at(r, Path::new(crate::net::TRUST_BUNDLE), src)?;
+        }
+        for b in &self.extra_binds {
+            let target = under(r, &b.inside);
+            if let Some(parent) = target.parent() {
+                mkdir_all(parent)?;
+            }
+            if b.host.is_dir() {
+                mkdir_all(&target)?;
+            } else {
+                touch(&target)?;
+            }
+            bind(&b.host, &target, b.readonly)?;
         }
 
         airlock_core::startup::trace("mounts: system, dev, proc, sys, home, workspace");

@@ -25,7 +25,7 @@ use crate::cgroups::{self, Cgroup, Placement};
 use crate::error::{NsError, Result};
 use crate::init::{self, MSG_ERROR, MSG_GO, MSG_IN_CGROUP, MSG_READY};
 use crate::layers::Layers;
-use crate::mounts::MountPlan;
+use crate::mounts::{ExtraBind, MountPlan};
 use crate::namespaces::{self, IdMap, NsFds, SANDBOX_CLONE_FLAGS};
 use crate::process::CommandSpec;
 use crate::pty;
@@ -166,6 +166,7 @@ fn boot(
     seccomp: &SeccompProgram,
     enforcement: Enforcement,
     main: Option<&CommandSpec>,
+    extras: &JailMounts,
 ) -> Result<Booted> {
     // Whatever fails, the sandbox's cgroup does not outlive the attempt.
     let cgroup_dirs = enforcement
@@ -173,7 +174,7 @@ fn boot(
         .as_ref()
         .map(|c| c.dirs.clone())
         .unwrap_or_default();
-    boot_inner(store, spec, seccomp, enforcement, main).inspect_err(|_| {
+    boot_inner(store, spec, seccomp, enforcement, main, extras).inspect_err(|_| {
         cgroups::remove_dirs(&cgroup_dirs);
     })
 }
@@ -184,6 +185,7 @@ fn boot_inner(
     seccomp: &SeccompProgram,
     enforcement: Enforcement,
     main: Option<&CommandSpec>,
+    extras: &JailMounts,
 ) -> Result<Booted> {
     // SAFETY: geteuid/getegid cannot fail.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -202,6 +204,8 @@ fn boot_inner(
     std::fs::write(&resolv, crate::net::resolv_conf()).map_err(|e| NsError::path(&resolv, e))?;
     plan.resolv_conf = Some(resolv);
     plan.network_capture = crate::net::needs_capture(store, spec);
+    plan.extra_binds = extras.binds.clone();
+    plan.extra_devices = extras.devices.clone();
     if spec.ssh_agent {
         let sock = std::env::var_os("SSH_AUTH_SOCK")
             .map(PathBuf::from)
@@ -368,6 +372,7 @@ fn runtime_state(booted: &Booted, net: Option<&crate::net::SandboxNet>) -> Runti
         network: net
             .map(|n| n.description.clone())
             .unwrap_or_else(|| "loopback only".into()),
+        vm: None,
     }
 }
 
@@ -554,7 +559,14 @@ pub fn run_foreground(
             return Err(e);
         }
     };
-    let booted = boot(store, spec, &seccomp, enforcement, Some(&cmd));
+    let booted = boot(
+        store,
+        spec,
+        &seccomp,
+        enforcement,
+        Some(&cmd),
+        &JailMounts::default(),
+    );
     let mut booted = match booted {
         Ok(b) => b,
         Err(e) => {
@@ -604,6 +616,36 @@ pub fn run_foreground(
 
 /// `airlock start`: start the sandbox under a detached supervisor and return once it runs.
 pub fn start_detached(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
+    start_supervised(store, spec, None)
+}
+
+/// What a jail adds to an ordinary sandbox's filesystem.
+#[derive(Debug, Clone, Default)]
+pub struct JailMounts {
+    pub binds: Vec<ExtraBind>,
+    pub devices: Vec<String>,
+}
+
+/// Called in the detached supervisor once the jail and its network run, with the jail's init pid.
+/// What it returns lives as long as the jail; an error stops the jail and is what `start` reports.
+pub type JailReady = Box<dyn FnOnce(i32) -> std::result::Result<Box<dyn std::any::Any>, String>>;
+
+/// A sandbox that hosts another tier's machinery: the microVM tier runs its VMM (QEMU) and file
+/// server (virtiofsd) in one, so a VMM escape still lands in a namespace sandbox with no host
+/// files, no capabilities outside it, seccomp, and only the policy gate for a network.
+pub struct Jail {
+    pub mounts: JailMounts,
+    /// The jail's main command; the jail stops when it exits.
+    pub main: ExecRequest,
+    pub ready: JailReady,
+}
+
+/// Start a [`Jail`] under a detached supervisor; returns once `ready` succeeded.
+pub fn start_jail(store: &Store, spec: &SandboxSpec, jail: Jail) -> Result<RuntimeState> {
+    start_supervised(store, spec, Some(jail))
+}
+
+fn start_supervised(store: &Store, spec: &SandboxSpec, jail: Option<Jail>) -> Result<RuntimeState> {
     let seccomp = seccomp_program(store)?;
     let (report_r, report_w) = seqpacket_pair()?;
     let log = store.runtime_dir(&spec.name).join("supervisor.log");
@@ -612,13 +654,13 @@ pub fn start_detached(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState>
     match namespaces::clone_process(0)? {
         0 => {
             drop(report_r);
-            let code = supervisor_main(store, spec, &seccomp, report_w, &log);
+            let code = supervisor_main(store, spec, &seccomp, report_w, &log, jail);
             // SAFETY: ending the forked supervisor.
             unsafe { libc::_exit(code) }
         }
         pid => {
             drop(report_w);
-            let mut buf = vec![0u8; 4096];
+            let mut buf = vec![0u8; 16384];
             let n = recv(report_r.as_raw_fd(), &mut buf);
             // The supervisor stays alive (reparented once we exit); reap it only if it failed.
             if n >= 1 && buf[0] == MSG_READY {
@@ -645,6 +687,7 @@ fn supervisor_main(
     seccomp: &SeccompProgram,
     report: OwnedFd,
     log: &PathBuf,
+    jail: Option<Jail>,
 ) -> i32 {
     // SAFETY: detaching from the caller's session and stdio.
     unsafe {
@@ -683,7 +726,36 @@ fn supervisor_main(
             return 1;
         }
     };
-    let mut booted = match boot(store, spec, seccomp, enforcement(store, spec), None) {
+    let enforcement = enforcement(store, spec);
+    let (main, mounts, ready) = match jail {
+        Some(j) => {
+            let workdir = j
+                .main
+                .workdir
+                .clone()
+                .unwrap_or_else(|| spec.workspace.clone());
+            match CommandSpec::new(
+                spec,
+                &j.main.argv,
+                &j.main.env,
+                &workdir,
+                false,
+                enforcement.rlimits,
+                j.main.host_executable.as_deref(),
+            ) {
+                Ok(c) => (Some(c), j.mounts, Some(j.ready)),
+                Err(e) => {
+                    if let Some(cg) = &enforcement.cgroup {
+                        cgroups::remove(cg);
+                    }
+                    send_report(format!("E{e}").as_bytes());
+                    return 1;
+                }
+            }
+        }
+        None => (None, JailMounts::default(), None),
+    };
+    let mut booted = match boot(store, spec, seccomp, enforcement, main.as_ref(), &mounts) {
         Ok(b) => b,
         Err(e) => {
             send_report(format!("E{e}").as_bytes());
@@ -706,6 +778,22 @@ fn supervisor_main(
         send_report(format!("E{e}").as_bytes());
         return 1;
     }
+    // A jail is ready when what it hosts is (a VM: its guest answered).
+    let _hosted = match ready.map(|r| r(booted.init_pid)) {
+        Some(Err(msg)) => {
+            // SAFETY: killing and reaping our own child, the init.
+            unsafe {
+                libc::kill(booted.init_pid, libc::SIGKILL);
+                libc::waitpid(booted.init_pid, std::ptr::null_mut(), 0);
+            }
+            drop(net);
+            finish(store, spec, &booted);
+            send_report(format!("E{msg}").as_bytes());
+            return 1;
+        }
+        Some(Ok(h)) => Some(h),
+        None => None,
+    };
     send_report(&[MSG_READY]);
     drop(report);
     let deadline = spec

@@ -215,9 +215,15 @@ pub struct SandboxOpts {
     #[arg(long, value_enum, default_value = "cow", value_name = "MODE")]
     pub workspace_mode: ModeArg,
 
-    /// Isolation tier: namespace (fast, shares the host kernel) or vm (own kernel)
-    #[arg(long, value_enum, default_value = "namespace")]
-    pub isolation: IsolationArg,
+    /// Isolation tier: namespace (starts in milliseconds, shares the host kernel) or vm (its own
+    /// kernel under QEMU, for untrusted work) [default: `isolation` in ~/.config/airlock/config.toml, else namespace]
+    #[arg(long, value_enum)]
+    pub isolation: Option<IsolationArg>,
+
+    /// Run a private Docker daemon inside (needs --isolation vm and Docker installed on the host
+    /// or in the template); `docker` then talks to it, never to the host's daemon
+    #[arg(long)]
+    pub docker: bool,
 
     /// CPU limit, e.g. 2 or 0.5
     #[arg(long, value_name = "N")]

@@ -122,7 +122,8 @@ fn default_sandbox(store: &Store) -> Result<SandboxSpec, Failure> {
     let opts = SandboxOpts {
         workspace: None,
         workspace_mode: ModeArg::Cow,
-        isolation: crate::cli::IsolationArg::Namespace,
+        isolation: Some(crate::cli::IsolationArg::Namespace),
+        docker: false,
         cpus: None,
         memory: None,
         pids: None,

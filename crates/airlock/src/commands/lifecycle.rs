@@ -211,8 +211,37 @@ pub fn placeholder_spec(workspace: PathBuf) -> SandboxSpec {
         kit: None,
         credentials: vec![],
         ssh_agent: false,
+        docker: false,
         ephemeral: true,
         created_at: 0,
+    }
+}
+
+/// `isolation = "namespace" | "vm"` in the user's config.toml, else the namespace tier.
+fn configured_isolation() -> Result<Isolation, Failure> {
+    let Some(path) = airlock_ns::net::user_config_path() else {
+        return Ok(Isolation::Namespace);
+    };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Isolation::Namespace);
+    };
+    let value: toml::Table = toml::from_str(&text).map_err(|e| {
+        fail(
+            exit::USAGE,
+            format!("{}: not valid TOML: {e}", path.display()),
+        )
+    })?;
+    match value.get("isolation").map(|v| v.as_str()) {
+        None => Ok(Isolation::Namespace),
+        Some(Some("namespace")) => Ok(Isolation::Namespace),
+        Some(Some("vm")) => Ok(Isolation::Vm),
+        Some(_) => Err(fail(
+            exit::USAGE,
+            format!(
+                "{}: `isolation` must be \"namespace\" or \"vm\"",
+                path.display()
+            ),
+        )),
     }
 }
 
@@ -224,6 +253,17 @@ pub fn build_spec(
 ) -> Result<SandboxSpec, Failure> {
     units::validate_name(&name)?;
     let user = user::invoking_user();
+    let isolation = match opts.isolation {
+        Some(IsolationArg::Namespace) => Isolation::Namespace,
+        Some(IsolationArg::Vm) => Isolation::Vm,
+        None => configured_isolation()?,
+    };
+    if opts.docker && isolation != Isolation::Vm {
+        return Err(fail(
+            exit::USAGE,
+            "--docker needs --isolation vm: a Docker daemon needs its own kernel (the namespace tier never exposes the host's daemon)",
+        ));
+    }
     Ok(SandboxSpec {
         workspace: workspace(opts, store, &user.home)?,
         mode: match opts.workspace_mode {
@@ -232,10 +272,7 @@ pub fn build_spec(
             ModeArg::Ro => WorkspaceMode::Ro,
             ModeArg::Clone => WorkspaceMode::Clone,
         },
-        isolation: match opts.isolation {
-            IsolationArg::Namespace => Isolation::Namespace,
-            IsolationArg::Vm => Isolation::Vm,
-        },
+        isolation,
         limits: limits(opts)?,
         env: parse_env(&opts.env, &opts.env_file)?,
         network: network_spec(opts)?,
@@ -254,6 +291,7 @@ pub fn build_spec(
             None => None,
         },
         user,
+        docker: opts.docker,
         ephemeral,
         created_at: now_secs(),
         name,
