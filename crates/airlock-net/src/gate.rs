@@ -550,7 +550,8 @@ impl Gate {
                 }
                 match inj.rewrite_request_head(&host_n, &mut head) {
                     Ok(rw) => {
-                        let mut sc = inj.scrubber();
+                        let mut sc = inj.response_scrubber();
+                        sc.expect(&method);
                         for (f, t) in rw.scrub {
                             sc.add(f, t);
                         }

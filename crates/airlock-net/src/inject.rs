@@ -12,8 +12,9 @@
 //!   intercepted ([`Injector::intercepts`]), head rewriting
 //!   ([`Injector::rewrite_request_head`]) and exfiltration detection
 //!   ([`Injector::carries_placeholder`], [`Injector::head_placeholder`]).
-//! - [`Scrubber`] and [`StreamScan`]: streaming replacement and detection
-//!   across chunk boundaries.
+//! - [`Scrubber`], [`HttpScrubber`] and [`StreamScan`]: streaming
+//!   replacement (following HTTP response framing, so chunked bodies are
+//!   scrubbed as their payload) and detection across chunk boundaries.
 //! - [`SandboxCa`]: the per-sandbox CA whose leaf certificates terminate TLS
 //!   for intercepted hosts (and only those).
 //! - [`upstream_client_config`]: the TLS client used towards the real
@@ -30,6 +31,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
 
 use crate::policy::normalize_host;
+
+mod scrub;
+use scrub::mask_for;
+pub use scrub::{HttpScrubber, IDLE_MASK_MIN, Scrubber, StreamScan};
 
 /// Errors of credential injection setup.
 #[derive(Debug, thiserror::Error)]
@@ -263,14 +268,6 @@ fn basic_payload(value: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     b64_decode(rest)
-}
-
-/// A same-length stand-in for `form`: `preferred` when the lengths agree,
-/// else `preferred` cut or padded with `x`.
-fn mask_for(form: &[u8], preferred: &[u8]) -> Vec<u8> {
-    let mut m: Vec<u8> = preferred.iter().copied().take(form.len()).collect();
-    m.resize(form.len(), b'x');
-    m
 }
 
 // ------------------------------------------------------------ heads
@@ -530,6 +527,12 @@ impl Injector {
         s
     }
 
+    /// A scrubber for a connection's responses: [`Injector::scrubber`]
+    /// following HTTP/1 framing (see [`HttpScrubber`]).
+    pub fn response_scrubber(&self) -> HttpScrubber {
+        HttpScrubber::new(self.scrubber())
+    }
+
     /// A detector of any placeholder in a byte stream.
     pub fn scanner(&self) -> StreamScan {
         StreamScan::new(
@@ -538,152 +541,6 @@ impl Injector {
                 .map(|c| (c.placeholder.as_bytes().to_vec(), c.service.clone()))
                 .collect(),
         )
-    }
-}
-
-// ------------------------------------------------------------ streams
-
-/// Replaces patterns in a byte stream with same-length stand-ins, across
-/// chunk boundaries: it holds back the last `longest pattern - 1` bytes
-/// until more data (or [`Scrubber::finish`]) shows they are not the start
-/// of a match. Same length keeps HTTP framing (Content-Length, chunk sizes)
-/// valid without parsing it.
-#[derive(Default)]
-pub struct Scrubber {
-    patterns: Vec<(Zeroizing<Vec<u8>>, Vec<u8>)>,
-    tail: Zeroizing<Vec<u8>>,
-    max: usize,
-    /// How many replacements were made.
-    pub replaced: usize,
-}
-
-impl fmt::Debug for Scrubber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scrubber")
-            .field("patterns", &self.patterns.len())
-            .field("replaced", &self.replaced)
-            .finish()
-    }
-}
-
-impl Scrubber {
-    /// Adds a pattern; `to` is cut or padded to `from`'s length.
-    pub fn add(&mut self, from: Vec<u8>, to: Vec<u8>) {
-        if from.is_empty() || self.patterns.iter().any(|(f, _)| **f == from) {
-            return;
-        }
-        let to = mask_for(&from, &to);
-        self.max = self.max.max(from.len());
-        self.patterns.push((Zeroizing::new(from), to));
-    }
-
-    /// Feeds `data`; appends what is safe to pass on to `out`.
-    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        if self.patterns.is_empty() {
-            out.extend_from_slice(data);
-            return;
-        }
-        let mut buf = Zeroizing::new(std::mem::take(&mut *self.tail));
-        buf.extend_from_slice(data);
-        let mut i = 0;
-        while i < buf.len() {
-            let hit = self
-                .patterns
-                .iter()
-                .find(|(f, _)| buf[i..].starts_with(f))
-                .map(|(f, t)| (f.len(), t));
-            match hit {
-                Some((n, t)) => {
-                    buf[i..i + n].copy_from_slice(t);
-                    self.replaced += 1;
-                    i += n;
-                }
-                None => i += 1,
-            }
-        }
-        // Hold back only a suffix that could still become a match.
-        let keep = (1..self.max.min(buf.len() + 1))
-            .rev()
-            .find(|&k| {
-                let suffix = &buf[buf.len() - k..];
-                self.patterns.iter().any(|(f, _)| f.starts_with(suffix))
-            })
-            .unwrap_or(0);
-        let cut = buf.len() - keep;
-        out.extend_from_slice(&buf[..cut]);
-        self.tail.extend_from_slice(&buf[cut..]);
-    }
-
-    /// Whether bytes are held back.
-    pub fn pending(&self) -> bool {
-        !self.tail.is_empty()
-    }
-
-    /// The stream went idle with bytes held back (a possible start of a
-    /// secret): passes them on, masked when they are at least
-    /// [`IDLE_MASK_MIN`] bytes long, so at most that many bytes of a
-    /// secret's prefix could ever be shown.
-    pub fn flush_idle(&mut self, out: &mut Vec<u8>) {
-        if self.tail.len() >= IDLE_MASK_MIN {
-            let n = self.tail.len();
-            if let Some((_, to)) = self
-                .patterns
-                .iter()
-                .find(|(f, _)| f.starts_with(&self.tail))
-            {
-                out.extend_from_slice(&to[..n]);
-                self.tail.clear();
-                return;
-            }
-        }
-        self.finish(out);
-    }
-
-    /// Ends the stream: appends the held-back bytes.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.tail);
-        self.tail.clear();
-    }
-}
-
-/// See [`Scrubber::flush_idle`].
-pub const IDLE_MASK_MIN: usize = 16;
-
-/// Finds patterns in a byte stream across chunk boundaries.
-#[derive(Debug)]
-pub struct StreamScan {
-    patterns: Vec<(Vec<u8>, String)>,
-    tail: Vec<u8>,
-    max: usize,
-}
-
-impl StreamScan {
-    /// A scanner for (pattern, label) pairs.
-    pub fn new(patterns: Vec<(Vec<u8>, String)>) -> StreamScan {
-        let patterns: Vec<_> = patterns
-            .into_iter()
-            .filter(|(p, _)| !p.is_empty())
-            .collect();
-        let max = patterns.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
-        StreamScan {
-            patterns,
-            tail: Vec::new(),
-            max,
-        }
-    }
-
-    /// Feeds `data`; the label of a pattern found (possibly spanning the
-    /// previous chunks).
-    pub fn feed(&mut self, data: &[u8]) -> Option<&str> {
-        if self.max == 0 {
-            return None;
-        }
-        let mut buf = std::mem::take(&mut self.tail);
-        buf.extend_from_slice(data);
-        let hit = self.patterns.iter().position(|(p, _)| contains(&buf, p));
-        let keep = (self.max - 1).min(buf.len());
-        self.tail = buf[buf.len() - keep..].to_vec();
-        hit.map(|i| self.patterns[i].1.as_str())
     }
 }
 
@@ -1150,24 +1007,6 @@ mod tests {
             &ph.as_bytes()[..20],
             "long prefixes are masked on idle"
         );
-    }
-
-    #[test]
-    fn scrubber_masks_to_same_length() {
-        let mut s = Scrubber::default();
-        s.add(b"SECRETVALUE".to_vec(), b"ph".to_vec());
-        let mut out = Vec::new();
-        s.feed(b"a SECRETVALUE b", &mut out);
-        s.finish(&mut out);
-        assert_eq!(out, b"a phxxxxxxxxx b");
-    }
-
-    #[test]
-    fn stream_scan_across_chunks() {
-        let mut sc = StreamScan::new(vec![(b"airlock-placeholder-abc".to_vec(), "svc".into())]);
-        assert_eq!(sc.feed(b"data airlock-place"), None);
-        assert_eq!(sc.feed(b"holder-a"), None);
-        assert_eq!(sc.feed(b"bc more"), Some("svc"));
     }
 
     #[test]

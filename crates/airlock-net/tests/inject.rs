@@ -125,7 +125,7 @@ async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> Option<(String, Vec<u8
 
 /// A TLS echo upstream: answers every request (keep-alive) with the
 /// x-api-key it received in a header and in the body; `/chunked` answers
-/// chunked, with the key split across chunks.
+/// chunked, with the key split across two chunks sent 250 ms apart.
 async fn tls_upstream(cfg: Arc<rustls::ServerConfig>) -> (SocketAddr, Heads) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -153,14 +153,19 @@ async fn tls_upstream(cfg: Arc<rustls::ServerConfig>) -> (SocketAddr, Heads) {
                         .unwrap_or_default();
                     let text = format!("{{\"you_sent\":\"{key}\",\"body_len\":{}}}", body.len());
                     let resp = if head.starts_with("GET /chunked") {
-                        // Split after the echoed key: a key split across
-                        // chunks is not scrubbed yet (DESIGN.md, limits).
-                        let (a, b) = text.split_at(text.len() - 3);
-                        format!(
-                            "HTTP/1.1 200 OK\r\nX-Echo: {key}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
-                            a.len(),
-                            b.len()
-                        )
+                        // The echoed key split in its middle across two
+                        // chunks, each written on its own.
+                        let (a, b) = text.split_at(14 + key.len() / 2);
+                        let first = format!(
+                            "HTTP/1.1 200 OK\r\nX-Echo: {key}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n",
+                            a.len()
+                        );
+                        if s.write_all(first.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let _ = s.flush().await;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        format!("{:x}\r\n{b}\r\n0\r\n\r\n", b.len())
                     } else {
                         format!(
                             "HTTP/1.1 200 OK\r\nX-Echo: {key}\r\nContent-Length: {}\r\n\r\n{text}",
@@ -410,8 +415,9 @@ async fn connect_to_credential_host_injects_and_scrubs() {
         .collect();
     assert!(
         unchunked.contains(&format!("\"you_sent\":\"{ph}\"")),
-        "{body}"
+        "the key split across two chunks is scrubbed: {body}"
     );
+    assert!(!unchunked.contains(SECRET), "{body}");
 
     // The upstream saw the real key on every request, never the placeholder.
     let heads = heads.lock().unwrap().clone();

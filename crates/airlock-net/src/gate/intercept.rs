@@ -14,13 +14,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{Gate, find_head_end, parse_authority, respond};
-use crate::inject::{Injector, RequestHead, Scrubber, StreamScan, upstream_client_config};
+use crate::inject::{HttpScrubber, Injector, RequestHead, StreamScan, upstream_client_config};
 use crate::log::DecisionPath;
 use crate::policy::{Reason, Verdict, normalize_host};
 
 /// How long an intercepted connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(300);
-/// How long the scrubber waits for the rest of a possible secret.
+/// How long the scrubber waits for the rest of a possible secret in a raw
+/// stream (after an upgrade) before passing on what it holds.
 const SCRUB_IDLE: Duration = Duration::from_millis(100);
 const MAX_HEAD: usize = super::MAX_HEAD;
 
@@ -204,7 +205,7 @@ impl Gate {
     {
         let (mut cr, cw) = tokio::io::split(client);
         let (ur, mut uw) = tokio::io::split(up);
-        let scrub = Arc::new(Mutex::new(inj.scrubber()));
+        let scrub = Arc::new(Mutex::new(inj.response_scrubber()));
         let (tx, rx) = tokio::sync::oneshot::channel::<Refuse>();
         let upward = async {
             if let Some(r) = self
@@ -217,7 +218,7 @@ impl Gate {
                 let _ = uw.shutdown().await;
             }
         };
-        let down = pump_down(ur, cw, scrub.clone(), Some(rx));
+        let down = pump_down(ur, cw, Some(scrub.clone()), Some(rx));
         let _ = tokio::join!(upward, down);
     }
 
@@ -228,7 +229,7 @@ impl Gate {
         inj: &Injector,
         ctx: &Ctx,
         plain: bool,
-        scrub: &Mutex<Scrubber>,
+        scrub: &Mutex<HttpScrubber>,
     ) -> Option<Refuse>
     where
         R: AsyncRead + Unpin,
@@ -371,6 +372,12 @@ impl Gate {
             };
             let upgrade =
                 head.header("upgrade").is_some() || head.method.eq_ignore_ascii_case("CONNECT");
+            // The response scrubber follows the responses' framing, which
+            // depends on the method (HEAD: no body; CONNECT: a tunnel).
+            scrub
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect(&head.method);
             if uw.write_all(&head.to_bytes()).await.is_err() {
                 return None;
             }
@@ -398,13 +405,13 @@ impl Gate {
 
     /// Splices `client` and `up`, scanning what the client sends for
     /// placeholders (`scan`: the connection is cut and the attempt logged)
-    /// and scrubbing what comes back (`scrub`).
+    /// and scrubbing the responses that come back (`scrub`).
     pub(super) async fn splice_checked<C, U>(
         &self,
         client: C,
         up: U,
         scan: Option<StreamScan>,
-        scrub: Option<Scrubber>,
+        scrub: Option<HttpScrubber>,
         ctx: &Ctx,
     ) where
         C: AsyncRead + AsyncWrite + Unpin + Send,
@@ -412,7 +419,7 @@ impl Gate {
     {
         let (mut cr, cw) = tokio::io::split(client);
         let (ur, mut uw) = tokio::io::split(up);
-        let scrub = Arc::new(Mutex::new(scrub.unwrap_or_default()));
+        let scrub = scrub.map(|s| Arc::new(Mutex::new(s)));
         let upward = async {
             let mut scan = scan;
             let mut chunk = vec![0u8; 16 * 1024];
@@ -609,12 +616,12 @@ where
     }
 }
 
-/// Upstream to client, scrubbed. A `refuse` message ends the stream with
-/// that response instead.
+/// Upstream to client, scrubbed (when `scrub` is given). A `refuse`
+/// message ends the stream with that response instead.
 async fn pump_down<R, W>(
     mut ur: R,
     mut cw: W,
-    scrub: Arc<Mutex<Scrubber>>,
+    scrub: Option<Arc<Mutex<HttpScrubber>>>,
     mut refuse_rx: Option<tokio::sync::oneshot::Receiver<Refuse>>,
 ) where
     R: AsyncRead + Unpin,
@@ -623,7 +630,9 @@ async fn pump_down<R, W>(
     let mut chunk = vec![0u8; 16 * 1024];
     let mut out = Vec::with_capacity(16 * 1024);
     loop {
-        let pending = scrub.lock().unwrap_or_else(|e| e.into_inner()).pending();
+        let pending = scrub
+            .as_ref()
+            .is_some_and(|s| s.lock().unwrap_or_else(|e| e.into_inner()).pending());
         let read = async {
             if pending {
                 tokio::time::timeout(SCRUB_IDLE, ur.read(&mut chunk))
@@ -649,18 +658,27 @@ async fn pump_down<R, W>(
         };
         out.clear();
         let done = {
-            let mut sc = scrub.lock().unwrap_or_else(|e| e.into_inner());
-            match res {
-                None => {
+            let mut sc = scrub
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
+            match (res, sc.as_deref_mut()) {
+                (None, Some(sc)) => {
                     sc.flush_idle(&mut out);
                     false
                 }
-                Some(Ok(0)) | Some(Err(_)) => {
-                    sc.finish(&mut out);
+                (None, None) => false,
+                (Some(Ok(0)) | Some(Err(_)), sc) => {
+                    if let Some(sc) = sc {
+                        sc.finish(&mut out);
+                    }
                     true
                 }
-                Some(Ok(n)) => {
+                (Some(Ok(n)), Some(sc)) => {
                     sc.feed(&chunk[..n], &mut out);
+                    false
+                }
+                (Some(Ok(n)), None) => {
+                    out.extend_from_slice(&chunk[..n]);
                     false
                 }
             }
