@@ -61,7 +61,8 @@ pub fn builtin_services() -> Vec<ServiceDef> {
         def(
             "github",
             "GITHUB_TOKEN",
-            &["api.github.com"],
+            // The API, and git over HTTPS (which sends it as `Basic`).
+            &["api.github.com", "github.com"],
             "authorization",
             "Bearer {secret}",
         ),

@@ -225,6 +225,17 @@ fn b64_encode(data: &[u8]) -> String {
     out
 }
 
+/// A `Basic` authorization value (`Basic base64(user:password)`). With the
+/// placeholder as password, the gate swaps it for the secret inside (see
+/// [`Injector::rewrite_request_head`]): how `git` over HTTPS is given a
+/// code host's token.
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        b64_encode(format!("{user}:{password}").as_bytes())
+    )
+}
+
 fn b64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.trim().trim_end_matches('=');
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
@@ -917,6 +928,16 @@ mod tests {
         assert_eq!(
             rw.scrub,
             vec![(real.as_bytes().to_vec(), basic.as_bytes().to_vec())]
+        );
+        // The value git is configured with inside a sandbox is rewritten the same way.
+        let mut h = head(&format!(
+            "GET /o/r.git/info/refs HTTP/1.1\r\nHost: github.test\r\nAuthorization: {}\r\n\r\n",
+            basic_authorization("x-access-token", &ph)
+        ));
+        inj.rewrite_request_head("github.test", &mut h).unwrap();
+        assert_eq!(
+            h.header("authorization"),
+            Some(format!("Basic {real}").as_bytes())
         );
         // Basic-wrapped placeholder to another host is caught too.
         let h = head(&format!(

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use airlock_core::spec::SandboxSpec;
+use airlock_core::spec::{CredentialSpec, SandboxSpec};
 use airlock_seccomp::SeccompProgram;
 
 use crate::caps;
@@ -86,7 +86,61 @@ pub fn sandbox_env(
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
+    let git = git_credential_env(&spec.credentials, &env);
+    if !git.is_empty() {
+        env.retain(|(k, _)| k != "GIT_CONFIG_COUNT");
+        env.extend(git);
+    }
     env
+}
+
+/// The user name a code host's git over HTTPS takes with a token as password.
+fn git_token_user(service: &str) -> Option<&'static str> {
+    match service {
+        "github" => Some("x-access-token"),
+        _ => None,
+    }
+}
+
+/// `git` over HTTPS to the hosts of a code-host credential sends
+/// `Authorization: Basic base64(user:PLACEHOLDER)`, set through `GIT_CONFIG_*` (no file in the
+/// sandbox); the gate swaps the placeholder inside it for the real token. Numbered after the
+/// `GIT_CONFIG_*` entries `env` already has; includes the new `GIT_CONFIG_COUNT`.
+pub fn git_credential_env(
+    credentials: &[CredentialSpec],
+    env: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut entries = Vec::new();
+    for c in credentials {
+        let Some(user) = git_token_user(&c.service) else {
+            continue;
+        };
+        let header = format!(
+            "Authorization: {}",
+            airlock_net::inject::basic_authorization(user, &c.placeholder)
+        );
+        for host in c.hosts.iter().filter(|h| !h.contains('*')) {
+            entries.push((format!("http.https://{host}/.extraHeader"), header.clone()));
+        }
+    }
+    if entries.is_empty() {
+        return entries;
+    }
+    let first: usize = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "GIT_CONFIG_COUNT")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut out = vec![(
+        "GIT_CONFIG_COUNT".to_string(),
+        (first + entries.len()).to_string(),
+    )];
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        out.push((format!("GIT_CONFIG_KEY_{}", first + i), k));
+        out.push((format!("GIT_CONFIG_VALUE_{}", first + i), v));
+    }
+    out
 }
 
 impl CommandSpec {
@@ -329,4 +383,47 @@ fn die(msg: &str) {
     let line = format!("airlock: {msg}\n");
     // SAFETY: writing a valid buffer to fd 2.
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(service: &str, hosts: &[&str]) -> CredentialSpec {
+        CredentialSpec {
+            service: service.into(),
+            env: "X".into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            header: "authorization".into(),
+            format: "Bearer {secret}".into(),
+            placeholder: "airlock-placeholder-0011".into(),
+        }
+    }
+
+    #[test]
+    fn git_sends_the_github_placeholder_as_basic_auth() {
+        let creds = [
+            cred("anthropic", &["api.anthropic.com"]),
+            cred("github", &["github.com", "*.github.com"]),
+        ];
+        let header = "Authorization: Basic eC1hY2Nlc3MtdG9rZW46YWlybG9jay1wbGFjZWhvbGRlci0wMDEx";
+        assert_eq!(
+            git_credential_env(&creds, &[]),
+            vec![
+                ("GIT_CONFIG_COUNT".into(), "1".into()),
+                (
+                    "GIT_CONFIG_KEY_0".into(),
+                    "http.https://github.com/.extraHeader".into()
+                ),
+                ("GIT_CONFIG_VALUE_0".into(), header.into()),
+            ]
+        );
+        // After the user's own entries.
+        let mine = [("GIT_CONFIG_COUNT".to_string(), "2".to_string())];
+        let env = git_credential_env(&creds, &mine);
+        assert_eq!(env[0], ("GIT_CONFIG_COUNT".into(), "3".into()));
+        assert_eq!(env[1].0, "GIT_CONFIG_KEY_2");
+        // No code-host credential: nothing.
+        assert!(git_credential_env(&creds[..1], &[]).is_empty());
+    }
 }

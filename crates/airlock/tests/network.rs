@@ -453,12 +453,9 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     assert!(st.success(), "openssl {args:?}");
 }
 
-const SECRET: &str = "sk-test-REAL-secret-value-0123456789abcdef";
-
-/// A kit's credential reaches its upstream (over TLS, through the gate's interception), while the
-/// sandbox only ever holds and sees the placeholder; sending the placeholder elsewhere is refused.
-#[test]
-fn credentials_are_injected_at_the_gate_and_never_enter_the_sandbox() {
+/// A test CA and a certificate for the fake internet's TLS upstream (api.secret.test and
+/// github.test), in a temporary directory: `ca.pem`, `srv.pem`, `srv.key`.
+fn upstream_pki() -> tempfile::TempDir {
     let pki = tempfile::tempdir().unwrap();
     let d = pki.path();
     openssl(
@@ -498,7 +495,11 @@ fn credentials_are_injected_at_the_gate_and_never_enter_the_sandbox() {
             "/CN=api.secret.test",
         ],
     );
-    std::fs::write(d.join("ext"), "subjectAltName=DNS:api.secret.test\n").unwrap();
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=DNS:api.secret.test,DNS:github.test\n",
+    )
+    .unwrap();
     openssl(
         d,
         &[
@@ -519,6 +520,17 @@ fn credentials_are_injected_at_the_gate_and_never_enter_the_sandbox() {
             "ext",
         ],
     );
+    pki
+}
+
+const SECRET: &str = "sk-test-REAL-secret-value-0123456789abcdef";
+
+/// A kit's credential reaches its upstream (over TLS, through the gate's interception), while the
+/// sandbox only ever holds and sees the placeholder; sending the placeholder elsewhere is refused.
+#[test]
+fn credentials_are_injected_at_the_gate_and_never_enter_the_sandbox() {
+    let pki = upstream_pki();
+    let d = pki.path();
     let upstream_log = d.join("received.log");
     let net = FakeInternet::with_env(&[
         ("FAKE_TLS_CERT", d.join("srv.pem").display().to_string()),
@@ -570,6 +582,8 @@ r = urllib.request.urlopen(req, timeout=10)
 print("status", r.status)
 print("echo-header", r.headers.get("X-Echo-Key"))
 print("body", r.read().decode().strip())
+r = urllib.request.urlopen(urllib.request.Request("https://api.secret.test/chunked", headers={"x-api-key": key}), timeout=10)
+print("chunked", r.read().decode().strip())
 try:
     urllib.request.urlopen(urllib.request.Request("http://allowed.test/", headers={"x-api-key": key}), timeout=10)
     print("exfil OK")
@@ -604,8 +618,28 @@ except urllib.error.HTTPError as e:
         assert!(o.contains("status 200"), "{o}");
         // The upstream received the real key (and echoed it; the gate scrubbed the echo).
         let received = std::fs::read_to_string(&upstream_log).unwrap();
-        assert_eq!(received.trim(), SECRET, "the upstream gets the real key");
-        assert!(o.lines().any(|l| l.starts_with("body your key is ")), "{o}");
+        assert_eq!(
+            received.lines().collect::<Vec<_>>(),
+            vec![SECRET, SECRET],
+            "the upstream gets the real key"
+        );
+        // What the sandbox reads instead of the echoed secret: the placeholder, cut or padded to
+        // the secret's length (so Content-Length stays right).
+        let mut stand_in: String = placeholder.chars().take(SECRET.len()).collect();
+        while stand_in.len() < SECRET.len() {
+            stand_in.push('x');
+        }
+        assert!(
+            o.lines()
+                .any(|l| l == format!("body your key is {stand_in}")),
+            "{o}"
+        );
+        // Echoed in a chunked body, split in its middle across two chunks sent 300 ms apart.
+        assert!(
+            o.lines()
+                .any(|l| l == format!("chunked your key is {stand_in}")),
+            "{o}"
+        );
         // The placeholder sent to another host is refused and logged as exfiltration.
         let exfil = o.lines().find(|l| l.starts_with("exfil")).unwrap();
         assert!(exfil.starts_with("exfil 403"), "{exfil}");
@@ -613,5 +647,177 @@ except urllib.error.HTTPError as e:
             exfil.contains("exfiltration") || exfil.contains("placeholder"),
             "{exfil}"
         );
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                todo.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file()
+            && std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        {
+            hits.push(p);
+        }
+    }
+    hits
+}
+
+fn git(args: &[&str]) {
+    let st = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.org",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("git");
+    assert!(st.success(), "git {args:?}");
+}
+
+/// `git clone https://…` inside a sandbox whose kit has the github credential authenticates with
+/// the real token, which only the gate puts on the wire: git inside is configured (by environment)
+/// to send `Basic x-access-token:PLACEHOLDER`, and the gate swaps the placeholder inside it.
+#[test]
+fn git_over_https_gets_the_github_token_at_the_gate_and_the_sandbox_never_holds_it() {
+    const TOKEN: &str = "ghp_REALtoken0123456789abcdefghijklmnopqr";
+    let pki = upstream_pki();
+    let d = pki.path();
+    // A repository on the fake github.
+    let root = d.join("git");
+    let work = d.join("work");
+    git(&[
+        "init",
+        "-q",
+        "--bare",
+        root.join("o/r.git").to_str().unwrap(),
+    ]);
+    git(&["init", "-q", work.to_str().unwrap()]);
+    std::fs::write(work.join("README.md"), "cloned through the gate\n").unwrap();
+    let w = work.to_str().unwrap();
+    git(&["-C", w, "add", "README.md"]);
+    git(&["-C", w, "commit", "-q", "-m", "first"]);
+    git(&[
+        "-C",
+        w,
+        "push",
+        "-q",
+        root.join("o/r.git").to_str().unwrap(),
+        "main",
+    ]);
+    let upstream_log = d.join("received.log");
+    let net = FakeInternet::with_env(&[
+        ("FAKE_TLS_CERT", d.join("srv.pem").display().to_string()),
+        ("FAKE_TLS_KEY", d.join("srv.key").display().to_string()),
+        ("FAKE_TLS_LOG", upstream_log.display().to_string()),
+        ("FAKE_GIT_ROOT", root.display().to_string()),
+        ("FAKE_GIT_TOKEN", TOKEN.to_string()),
+    ]);
+    let real_basic = {
+        let out = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut out = out;
+        out.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("x-access-token:{TOKEN}").as_bytes())
+            .unwrap();
+        String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
+    };
+    for who in everyone() {
+        let mut env = Env::new(&who);
+        let kits = env.home.join(".config/airlock/kits");
+        std::fs::create_dir_all(&kits).unwrap();
+        // A built-in service needs only its name; the hosts here are the fake github's.
+        std::fs::write(
+            kits.join("gittest.toml"),
+            "name = \"gittest\"\ncommand = []\nallow = [\"github.test\"]\n\n[[credentials]]\nservice = \"github\"\nhosts = [\"github.test\"]\n",
+        )
+        .unwrap();
+        env.chown_all();
+        let mut set = env
+            .command(&["secret", "set", "github"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        set.stdin
+            .take()
+            .unwrap()
+            .write_all(TOKEN.as_bytes())
+            .unwrap();
+        assert!(set.wait().unwrap().success());
+        env.extra_env.push((
+            "AIRLOCK_UPSTREAM_CA_FILE".into(),
+            d.join("ca.pem").display().to_string(),
+        ));
+        let _ = std::fs::remove_file(&upstream_log);
+        let name = unique("git");
+        let script = "export GIT_TERMINAL_PROMPT=0\n\
+                      echo \"token=$GITHUB_TOKEN\"\n\
+                      git config --get-regexp 'http\\..*\\.extraheader' | sed 's/^/config /'\n\
+                      git clone -q https://github.test/o/r.git r && echo cloned\n\
+                      cat r/README.md\n\
+                      git -C r pull -q && echo pulled\n";
+        let out = net.airlock(
+            &env,
+            &[
+                "run", "--name", &name, "--kit", "gittest", "--", "sh", "-c", script,
+            ],
+        );
+        let o = stdout(&out);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(o.contains("cloned\ncloned through the gate\npulled"), "{o}");
+        let placeholder = o
+            .lines()
+            .find_map(|l| l.strip_prefix("token="))
+            .unwrap()
+            .to_string();
+        assert!(placeholder.starts_with("airlock-placeholder-"), "{o}");
+        assert!(
+            o.lines().any(|l| l
+                .starts_with("config http.https://github.test/.extraheader Authorization: Basic ")),
+            "{o}"
+        );
+        assert!(!o.contains(TOKEN) && !o.contains(&real_basic), "{o}");
+        // The upstream got the real token on every git request, never the placeholder.
+        let log = std::fs::read_to_string(&upstream_log).unwrap();
+        let requests: Vec<&str> = log.lines().filter(|l| l.starts_with("git ")).collect();
+        assert!(requests.len() >= 3, "{log}");
+        for r in &requests {
+            assert!(r.ends_with(&format!("auth=Basic {real_basic}")), "{r}");
+        }
+        assert!(!log.contains(&placeholder), "{log}");
+        // Nothing the sandbox wrote (its clone, its .git/config) holds the token in any form.
+        let dir = env.airlock_home.join("data/sandboxes").join(&name);
+        assert!(dir.is_dir());
+        for needle in [TOKEN, real_basic.as_str()] {
+            let hits = files_containing(&dir, needle.as_bytes());
+            assert!(hits.is_empty(), "{needle} found in {hits:?}");
+        }
+        assert!(
+            !files_containing(&dir, b"cloned through the gate").is_empty(),
+            "the clone is in the sandbox's layer"
+        );
+        assert!(env.airlock(&["rm", &name]).status.success());
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use airlock_core::secrets::builtin_services;
 use airlock_core::spec::{CredentialSpec, SandboxSpec};
 use airlock_core::store::Store;
 use airlock_core::units::random_bytes;
@@ -23,13 +24,19 @@ const BUILTIN: &[(&str, &str)] = &[
     ("shell", include_str!("../../../../kits/shell.toml")),
 ];
 
+/// A kit's credential. For a built-in service (anthropic, openai, gemini, github) only `service`
+/// is needed; the other fields default to the service's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KitCredential {
     pub service: String,
+    #[serde(default)]
     pub env: String,
+    #[serde(default)]
     pub hosts: Vec<String>,
+    #[serde(default)]
     pub header: String,
+    #[serde(default)]
     pub format: String,
 }
 
@@ -80,7 +87,46 @@ pub enum KitSub {
 }
 
 fn parse(text: &str, origin: &str) -> Result<Kit, Failure> {
-    toml::from_str(text).map_err(|e| fail(exit::FAILURE, format!("kit {origin}: {e}")))
+    let mut kit: Kit =
+        toml::from_str(text).map_err(|e| fail(exit::FAILURE, format!("kit {origin}: {e}")))?;
+    for c in &mut kit.credentials {
+        fill_credential(c).map_err(|e| fail(exit::FAILURE, format!("kit {origin}: {e}")))?;
+    }
+    Ok(kit)
+}
+
+/// Fills a credential's missing fields from its built-in service.
+fn fill_credential(c: &mut KitCredential) -> Result<(), String> {
+    if let Some(def) = builtin_services()
+        .into_iter()
+        .find(|d| d.service == c.service)
+    {
+        if c.env.is_empty() {
+            c.env = def.env;
+        }
+        if c.hosts.is_empty() {
+            c.hosts = def.hosts;
+        }
+        if c.header.is_empty() {
+            c.header = def.header;
+        }
+        if c.format.is_empty() {
+            c.format = def.format;
+        }
+    }
+    if c.env.is_empty() || c.hosts.is_empty() || c.header.is_empty() || c.format.is_empty() {
+        return Err(format!(
+            "credential {:?} needs env, hosts, header and format (only the built-in services anthropic, openai, gemini and github have defaults)",
+            c.service
+        ));
+    }
+    if !c.format.contains("{secret}") {
+        return Err(format!(
+            "credential {:?}: format must contain {{secret}}",
+            c.service
+        ));
+    }
+    Ok(())
 }
 
 fn user_dir() -> Option<PathBuf> {
@@ -289,4 +335,37 @@ pub fn check_installed(kit: &Kit, spec: &SandboxSpec, store: &Store) -> Result<(
             k = kit.name
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_services_fill_a_credential_and_others_must_say_everything() {
+        let kit = parse(
+            "name = \"k\"\n[[credentials]]\nservice = \"github\"\n[[credentials]]\nservice = \"anthropic\"\nhosts = [\"api.anthropic.test\"]\n",
+            "test",
+        )
+        .unwrap();
+        let gh = &kit.credentials[0];
+        assert_eq!(gh.env, "GITHUB_TOKEN");
+        assert!(gh.hosts.contains(&"github.com".to_string()), "{gh:?}");
+        assert_eq!(
+            (gh.header.as_str(), gh.format.as_str()),
+            ("authorization", "Bearer {secret}")
+        );
+        assert_eq!(kit.credentials[1].hosts, vec!["api.anthropic.test"]);
+        assert_eq!(kit.credentials[1].header, "x-api-key");
+        let e = parse(
+            "name = \"k\"\n[[credentials]]\nservice = \"acme\"\nhosts = [\"a.test\"]\n",
+            "test",
+        )
+        .unwrap_err();
+        let msg = e.error.to_string();
+        assert!(msg.contains("needs env, hosts, header and format"), "{msg}");
+        for (n, t) in BUILTIN {
+            parse(t, n).unwrap();
+        }
+    }
 }
