@@ -11,8 +11,15 @@
 //! - [`disk`]: the sandbox's sparse ext4 disk image.
 //! - [`qemu`]: find `qemu-system-x86_64` and `virtiofsd`, and build their argument lists.
 //!
+//! - [`broker`]: the host end of the guest channel: holds QEMU's agent socket and serves
+//!   Airlock's commands on a private control socket, a protocol channel per client.
+//! - [`backend`]: the tier behind the CLI's `Backend` seam: QEMU and virtiofsd run in a jail
+//!   (a namespace-tier sandbox), the guest agent assembles the guest's root.
+//!
 //! Every module reports failures through the crate's one error type, [`error::VmError`].
 
+pub mod backend;
+pub mod broker;
 pub mod disk;
 pub mod error;
 pub mod initramfs;

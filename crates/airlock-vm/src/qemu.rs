@@ -140,8 +140,14 @@ fn option_value(path: &Path) -> String {
 ///   Airlock confines the process itself, and this works unprivileged.
 /// - `--cache auto`: the guest caches metadata and data for a short while and revalidates,
 ///   which suits a directory the host may change under it.
-/// - `--announce-submounts`: mount points under the directory appear as submounts in the
-///   guest (own device numbers, so `find -xdev`, `du -x` and inode uniqueness behave).
+/// - `--no-announce-submounts`: the guest stacks an overlayfs root on the share, and overlayfs
+///   refuses automount points (announced submounts) in a lower layer (EREMOTE), so the jail's
+///   mounts are served as plain directories. The cost: one device number for the whole share.
+/// - `--inode-file-handles=never`: file handles need open_by_handle_at, which the jail's seccomp
+///   refuses (by design: it is the classic container escape).
+/// - `--modcaps=-mknod:-setfcap`: when virtiofsd runs as (namespaced) root it would claim these,
+///   and the jail's bounding set lacks them.
+/// - `--rlimit-nofile=0`: keep the jail's own file limit.
 /// - No `--xattr`: without it the guest learns once that the share has no extended attributes;
 ///   with it, every `write` would first ask virtiofsd for `security.capability` (the kernel's
 ///   privilege-dropping check), one more round trip per write, and an unprivileged virtiofsd
@@ -156,7 +162,10 @@ pub fn virtiofsd_args(socket: &Path, shared_dir: &Path) -> Vec<String> {
         "none".into(),
         "--cache".into(),
         "auto".into(),
-        "--announce-submounts".into(),
+        "--no-announce-submounts".into(),
+        "--inode-file-handles=never".into(),
+        "--modcaps=-mknod:-setfcap".into(),
+        "--rlimit-nofile=0".into(),
     ]
 }
 

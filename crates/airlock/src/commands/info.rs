@@ -99,6 +99,9 @@ struct Inspect<'a> {
     limits_enforcement: Option<&'a str>,
     system: Option<&'a str>,
     network: Option<&'a str>,
+    /// The VMM, accelerator and guest kernel of a microVM sandbox.
+    vm: Option<&'a str>,
+    docker: bool,
     net_policy: &'a airlock_core::spec::NetworkSpec,
     env: Vec<&'a str>,
     created_at: u64,
@@ -160,6 +163,8 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
         limits_enforcement: st.map(|s| s.limits_enforcement.as_str()),
         system: st.map(|s| s.system_mode.as_str()),
         network: st.map(|s| s.network.as_str()),
+        vm: st.and_then(|s| s.vm.as_deref()),
+        docker: spec.docker,
         net_policy: &spec.network,
         env: spec.env.iter().map(|(k, _)| k.as_str()).collect(),
         created_at: spec.created_at,
@@ -184,7 +189,18 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
         info.workspace.display(),
         info.mode
     );
-    println!("  isolation     {}", info.isolation);
+    println!(
+        "  isolation     {}{}",
+        info.isolation,
+        if info.docker {
+            " (with a private Docker daemon)"
+        } else {
+            ""
+        }
+    );
+    if let Some(v) = info.vm {
+        println!("  vm            {v}");
+    }
     println!(
         "  user          {} (uid {}, gid {}), home {}",
         info.user.name,

@@ -12,17 +12,14 @@ pub mod template;
 use airlock_core::backend::Backend;
 use airlock_core::spec::Isolation;
 use airlock_ns::NamespaceBackend;
+use airlock_vm::backend::VmBackend;
 
-use crate::app::{Failure, fail};
-use crate::exit;
+use crate::app::Failure;
 
-/// The backend of an isolation tier. The microVM tier plugs in here.
+/// The backend of an isolation tier.
 pub fn backend(isolation: Isolation) -> Result<Box<dyn Backend>, Failure> {
-    match isolation {
-        Isolation::Namespace => Ok(Box::new(NamespaceBackend)),
-        Isolation::Vm => Err(fail(
-            exit::FAILURE,
-            "the microVM isolation tier is not part of this build yet; use --isolation namespace (the default)",
-        )),
-    }
+    Ok(match isolation {
+        Isolation::Namespace => Box::new(NamespaceBackend),
+        Isolation::Vm => Box::new(VmBackend),
+    })
 }

@@ -1,0 +1,354 @@
+//! The host end of the guest channel.
+//!
+//! QEMU exposes the guest agent's virtio-serial port as one unix socket that takes one client.
+//! The sandbox's supervisor holds that connection for the VM's whole life ([`Broker`]) and
+//! serves Airlock's own commands (`exec`, `stop`, file transfers) on a private control socket in
+//! the sandbox's runtime directory: every client connection becomes a channel of the guest
+//! protocol, so any number of `airlock exec` run at once.
+//!
+//! The control socket lives outside the jail that runs QEMU (mode 0600, in a 0700 directory):
+//! nothing in the sandbox, guest or VMM, can reach it.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use airlock_vm_proto::{CONTROL, Frame, Message, Setup, VERSION, check_hello};
+
+use crate::error::{Result, VmError};
+
+type Writers = Arc<Mutex<HashMap<u32, UnixStream>>>;
+
+/// A running broker; dropping it removes the control socket.
+pub struct Broker {
+    control: PathBuf,
+    /// The guest's kernel release, as its agent reported it.
+    pub guest_kernel: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.control);
+    }
+}
+
+/// Why a boot failed, with the last lines of the VMM's and the guest console's logs.
+pub fn boot_failure(e: &VmError, logs: &[&Path]) -> String {
+    let mut msg = e.to_string();
+    for log in logs {
+        if let Ok(text) = std::fs::read_to_string(log) {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if !lines.is_empty() {
+                msg.push_str(&format!("\n--- last lines of {}:", log.display()));
+                for l in &lines[lines.len().saturating_sub(12)..] {
+                    msg.push_str("\n  ");
+                    msg.push_str(l);
+                }
+            }
+        }
+    }
+    msg
+}
+
+impl Broker {
+    /// Connect to the agent socket QEMU created, shake hands, send the setup and wait until the
+    /// guest is ready; then serve `control`. `alive` says whether the VMM still runs: the wait
+    /// ends early when it died.
+    pub fn start(
+        agent_sock: &Path,
+        control: &Path,
+        setup: Setup,
+        timeout: Duration,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<Broker> {
+        let deadline = Instant::now() + timeout;
+        let left = |what: &str| -> Result<Duration> {
+            let d = deadline.saturating_duration_since(Instant::now());
+            if d.is_zero() {
+                Err(VmError::Boot(format!(
+                    "the guest did not {what} within {} s",
+                    timeout.as_secs()
+                )))
+            } else {
+                Ok(d)
+            }
+        };
+        let stream = loop {
+            if !alive() {
+                return Err(VmError::Boot(
+                    "the VMM exited while the guest booted".into(),
+                ));
+            }
+            match UnixStream::connect(agent_sock) {
+                Ok(s) => break s,
+                Err(_) => {
+                    left("start its VMM")?;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        let mut w = stream
+            .try_clone()
+            .map_err(VmError::io("the guest channel"))?;
+        let mut r = BufReader::new(
+            stream
+                .try_clone()
+                .map_err(VmError::io("the guest channel"))?,
+        );
+        Frame::new(
+            CONTROL,
+            Message::Hello {
+                version: VERSION,
+                agent: format!("airlock {}", env!("CARGO_PKG_VERSION")),
+            },
+        )
+        .write_to(&mut w)?;
+        // The agent answers once the guest kernel has booted it; poll so a dead VMM ends the wait.
+        stream
+            .set_read_timeout(Some(Duration::from_millis(250)))
+            .map_err(VmError::io("the guest channel"))?;
+        let hello = loop {
+            match Frame::read_from(&mut r) {
+                Ok(Some(f)) => break f,
+                Ok(None) => return Err(VmError::Boot("the guest closed its channel".into())),
+                Err(airlock_vm_proto::ProtoError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if !alive() {
+                        return Err(VmError::Boot(
+                            "the VMM exited while the guest booted".into(),
+                        ));
+                    }
+                    left("answer")?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        check_hello(&hello)?;
+        stream
+            .set_read_timeout(Some(left("answer")?))
+            .map_err(VmError::io("the guest channel"))?;
+        Frame::new(CONTROL, Message::Setup(setup)).write_to(&mut w)?;
+        let guest_kernel = match Frame::read_from(&mut r)? {
+            Some(Frame {
+                message: Message::Ready { kernel },
+                ..
+            }) => kernel,
+            Some(Frame {
+                message: Message::Error(e),
+                ..
+            }) => return Err(VmError::Boot(format!("the guest could not set up: {e}"))),
+            other => {
+                return Err(VmError::Boot(format!(
+                    "the guest answered its setup with {other:?}"
+                )));
+            }
+        };
+        stream
+            .set_read_timeout(None)
+            .map_err(VmError::io("the guest channel"))?;
+
+        let _ = std::fs::remove_file(control);
+        let listener = UnixListener::bind(control).map_err(VmError::io_path(control))?;
+        std::fs::set_permissions(control, std::fs::Permissions::from_mode(0o600))
+            .map_err(VmError::io_path(control))?;
+        let writers: Writers = Arc::new(Mutex::new(HashMap::new()));
+        let to_guest = Arc::new(Mutex::new(BufWriter::new(w)));
+        {
+            let writers = writers.clone();
+            std::thread::spawn(move || relay_from_guest(r, writers));
+        }
+        std::thread::spawn(move || accept_clients(listener, to_guest, writers));
+        Ok(Broker {
+            control: control.to_path_buf(),
+            guest_kernel,
+        })
+    }
+}
+
+/// Frames from the guest go to the client that owns their channel.
+fn relay_from_guest(mut r: BufReader<UnixStream>, writers: Writers) {
+    while let Ok(Some(frame)) = Frame::read_from(&mut r) {
+        let mut map = writers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = map.get_mut(&frame.channel) {
+            let client_frame = Frame::new(CONTROL, frame.message);
+            if client_frame.write_to(client).is_err() {
+                map.remove(&frame.channel);
+            }
+        }
+    }
+    // The guest is gone: every client learns it from the end of its stream.
+    let mut map = writers.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, c) in map.drain() {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn accept_clients(
+    listener: UnixListener,
+    to_guest: Arc<Mutex<BufWriter<UnixStream>>>,
+    writers: Writers,
+) {
+    let next = Arc::new(AtomicU32::new(1));
+    for client in listener.incoming().flatten() {
+        let channel = next.fetch_add(1, Ordering::Relaxed).max(1);
+        let Ok(w) = client.try_clone() else { continue };
+        writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(channel, w);
+        let to_guest = to_guest.clone();
+        let writers = writers.clone();
+        std::thread::spawn(move || serve_client(client, channel, to_guest, writers));
+    }
+}
+
+/// A client's frames go to the guest on the client's channel. When the client goes away with a
+/// command still running, the command is killed (as ssh does when its connection drops).
+fn serve_client(
+    client: UnixStream,
+    channel: u32,
+    to_guest: Arc<Mutex<BufWriter<UnixStream>>>,
+    writers: Writers,
+) {
+    let mut r = BufReader::new(client);
+    let send = |m: Message| -> bool {
+        let mut g = to_guest.lock().unwrap_or_else(|e| e.into_inner());
+        Frame::new(channel, m).write_to(&mut *g).is_ok()
+    };
+    while let Ok(Some(frame)) = Frame::read_from(&mut r) {
+        // Handshakes and setup belong to the broker alone.
+        if matches!(frame.message, Message::Hello { .. } | Message::Setup(_)) {
+            continue;
+        }
+        if !send(frame.message) {
+            break;
+        }
+    }
+    let still_open = writers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&channel)
+        .is_some();
+    if still_open {
+        send(Message::Signal(libc::SIGKILL));
+    }
+}
+
+/// A client of the control socket: one channel to the guest.
+pub struct Client {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Client {
+    pub fn connect(control: &Path) -> Result<Client> {
+        let s = UnixStream::connect(control).map_err(|e| {
+            VmError::NotRunning(format!(
+                "cannot reach the VM's control socket {}: {e}",
+                control.display()
+            ))
+        })?;
+        Ok(Client {
+            r: BufReader::new(s.try_clone().map_err(VmError::io("the control socket"))?),
+            w: s,
+        })
+    }
+
+    pub fn send(&mut self, m: Message) -> Result<()> {
+        Frame::new(CONTROL, m).write_to(&mut self.w)?;
+        Ok(())
+    }
+
+    /// A second handle for writing from another thread.
+    pub fn writer(&self) -> Result<UnixStream> {
+        self.w
+            .try_clone()
+            .map_err(VmError::io("the control socket"))
+    }
+
+    pub fn set_timeout(&self, t: Option<Duration>) -> Result<()> {
+        self.w
+            .set_read_timeout(t)
+            .map_err(VmError::io("the control socket"))
+    }
+
+    /// The next message; `None` when the VM went away.
+    pub fn recv(&mut self) -> Result<Option<Message>> {
+        Ok(Frame::read_from(&mut self.r)?.map(|f| f.message))
+    }
+
+    /// Send `m` and wait for `Done` (or the error the guest gave).
+    pub fn call_done(&mut self, m: Message) -> Result<()> {
+        self.send(m)?;
+        self.expect_done()
+    }
+
+    pub fn expect_done(&mut self) -> Result<()> {
+        match self.recv()? {
+            Some(Message::Done) => Ok(()),
+            Some(Message::Error(e)) => Err(VmError::Guest(e)),
+            Some(other) => Err(VmError::Guest(format!("unexpected answer {other:?}"))),
+            None => Err(VmError::Guest("the VM went away".into())),
+        }
+    }
+
+    /// Copy `data` to `path` in the guest (created or replaced, with `mode`).
+    pub fn write_file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+        self.send(Message::WriteFile {
+            path: path.into(),
+            mode,
+        })?;
+        for chunk in data.chunks(airlock_vm_proto::CHUNK) {
+            self.send(Message::Data(chunk.to_vec()))?;
+        }
+        self.call_done(Message::Done)
+    }
+
+    /// Read `path` in the guest.
+    pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>> {
+        self.send(Message::ReadFile { path: path.into() })?;
+        let mut out = Vec::new();
+        loop {
+            match self.recv()? {
+                Some(Message::Data(d)) => out.extend_from_slice(&d),
+                Some(Message::Done) => return Ok(out),
+                Some(Message::Error(e)) => return Err(VmError::Guest(e)),
+                Some(other) => return Err(VmError::Guest(format!("unexpected answer {other:?}"))),
+                None => return Err(VmError::Guest("the VM went away".into())),
+            }
+        }
+    }
+}
+
+/// Write all of `data` to `fd` (our stdout or stderr).
+pub fn write_fd(fd: i32, data: &[u8]) {
+    let mut f = std::mem::ManuallyDrop::new(
+        // SAFETY: fd is one of our stdio descriptors; ManuallyDrop keeps it open afterwards.
+        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+    );
+    let _ = f.write_all(data);
+    let _ = f.flush();
+}
+
+/// Read from `fd` into `buf`, retrying on EINTR.
+pub fn read_fd(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut f = std::mem::ManuallyDrop::new(
+        // SAFETY: as in write_fd.
+        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+    );
+    loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The microVM tier, for real: QEMU (TCG here, KVM where it works), the host's kernel package
+//! as the guest kernel, Airlock's initramfs and guest agent. Slow under TCG, so the scenarios are
+//! few and each covers several properties. They run as root and rootless, like every other test.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::*;
+
+/// Build the static guest agent once (`cargo build-guest`) into this test run's target dir.
+fn guest_agent() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            // BIN is <target>/debug/airlock.
+            let target = PathBuf::from(BIN)
+                .parent()
+                .and_then(|p| p.parent())
+                .unwrap()
+                .to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .arg("build-guest")
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .expect("running cargo build-guest");
+            assert!(st.success(), "cargo build-guest failed");
+            let agent = target.join("x86_64-unknown-linux-gnu/release/airlock-guest");
+            assert!(agent.is_file(), "{} missing", agent.display());
+            agent
+        })
+        .clone()
+}
+
+fn vm_env(who: &Who) -> Env {
+    let mut env = Env::new(who);
+    env.extra_env.push((
+        "AIRLOCK_GUEST_AGENT".into(),
+        guest_agent().display().to_string(),
+    ));
+    env
+}
+
+fn host_kernel() -> String {
+    let out = Command::new("uname").arg("-r").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Host pids of the processes in a sandbox's pid namespace (its init and descendants).
+fn processes_under(init: i32) -> Vec<(i32, String)> {
+    let mut out = vec![];
+    let mut frontier = vec![init];
+    while let Some(p) = frontier.pop() {
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+                out.push((c, comm.trim().to_string()));
+                frontier.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_vm_runs_commands_on_its_own_kernel_with_exit_codes_and_stdio() {
+    for who in everyone() {
+        let env = vm_env(&who);
+        let out = env.airlock(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "uname -r; cat /proc/version; pwd; id -u; echo to-stderr >&2; read line; echo \"got $line\"; exit 7",
+        ]);
+        assert_eq!(out.status.code(), Some(7), "[{}]", who.label());
+        let so = stdout(&out);
+        let mut lines = so.lines();
+        let guest_kernel = lines.next().unwrap_or_default();
+        assert!(!guest_kernel.is_empty());
+        assert_ne!(guest_kernel, host_kernel(), "the guest runs its own kernel");
+        let version = lines.next().unwrap_or_default();
+        assert!(
+            version.contains(guest_kernel),
+            "/proc/version is the guest's: {version}"
+        );
+        assert_eq!(lines.next(), Some(env.ws.to_str().unwrap()), "same path");
+        assert_eq!(lines.next(), Some(who.uid().to_string().as_str()));
+        assert!(stderr(&out).contains("to-stderr"));
+        // stdin was /dev/null: `read` hit EOF.
+        assert_eq!(lines.next(), Some("got "));
+        // Nothing left behind by --rm.
+        assert!(
+            !env.airlock_home.join("sandboxes").exists()
+                || std::fs::read_dir(env.airlock_home.join("sandboxes"))
+                    .unwrap()
+                    .flatten()
+                    .all(|e| e.file_name().to_string_lossy().starts_with('.')),
+            "[{}] --rm left {:?}",
+            who.label(),
+            env.state_files()
+        );
+    }
+}
+
+#[test]
+fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothing() {
+    for who in everyone() {
+        let env = vm_env(&who);
+        let name = unique("vm");
+        let out = env.airlock(&["create", "--isolation", "vm", "--name", &name]);
+        assert!(out.status.success(), "[{}] create", who.label());
+        let out = env.airlock(&[
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo changed > README.md && echo new > made-in-vm.txt && mkdir -p ~/.cache && echo warm > ~/.cache/x && cat README.md",
+        ]);
+        assert!(out.status.success(), "[{}] exec", who.label());
+        assert_eq!(stdout(&out), "changed\n");
+        // The host's workspace is untouched; the change is in the sandbox's layer.
+        assert_eq!(
+            std::fs::read_to_string(env.path("README.md")).unwrap(),
+            "hello from the host\n"
+        );
+        assert!(!env.path("made-in-vm.txt").exists());
+        let diff = env.airlock(&["diff", &name]);
+        assert!(diff.status.success());
+        assert!(
+            stdout(&diff).contains("made-in-vm.txt"),
+            "diff shows the new file"
+        );
+
+        // The guest's disk and the workspace layer survive a stop/start.
+        assert!(env.airlock(&["stop", &name]).status.success());
+        assert_eq!(inspect(&env, &name)["state"], "stopped");
+        let out = env.airlock(&[
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "cat made-in-vm.txt ~/.cache/x",
+        ]);
+        assert!(out.status.success(), "[{}] exec after stop", who.label());
+        assert_eq!(stdout(&out), "new\nwarm\n");
+
+        // rm: no VMM process, no disk, no state.
+        let state = inspect(&env, &name);
+        assert!(
+            state["vm"].as_str().unwrap_or_default().contains("QEMU"),
+            "inspect describes the VM: {state}"
+        );
+        let init = state["init_pid"]
+            .as_i64()
+            .expect("inspect shows the init pid") as i32;
+        let vmm = processes_under(init);
+        assert!(
+            vmm.iter().any(|(_, c)| c.starts_with("qemu")),
+            "[{}] a QEMU process runs in the sandbox: {vmm:?}",
+            who.label()
+        );
+        assert!(env.airlock(&["rm", "--force", &name]).status.success());
+        for (pid, comm) in &vmm {
+            assert!(!alive(*pid), "{comm} ({pid}) outlived rm");
+        }
+        assert!(!alive(init));
+        assert!(
+            !env.airlock_home.join("sandboxes").join(&name).exists(),
+            "the disk is gone"
+        );
+    }
+}
+
+#[test]
+fn a_vm_has_no_network_but_the_gate_and_bad_input_is_refused() {
+    for who in everyone() {
+        let env = vm_env(&who);
+        // Direct connections to an address (a documentation address: nothing is sent out of
+        // the sandbox's sealed network namespace) fail, and so does a name lookup.
+        let out = env.airlock(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--",
+            "python3",
+            "-c",
+            "import socket\n\
+             s = socket.socket(); s.settimeout(5)\n\
+             try:\n    s.connect(('203.0.113.7', 80)); print('connected')\n\
+             except OSError as e:\n    print('refused', e)\n\
+             try:\n    socket.getaddrinfo('example.com', 443); print('resolved')\n\
+             except OSError as e:\n    print('no-dns', e)\n",
+        ]);
+        assert!(out.status.success(), "[{}]", who.label());
+        let so = stdout(&out);
+        assert!(so.contains("refused"), "[{}] {so}", who.label());
+        assert!(so.contains("no-dns"), "[{}] {so}", who.label());
+
+        // --docker without the VM tier is a usage error, and nothing is created.
+        let out = env.airlock(&[
+            "run",
+            "--rm",
+            "--docker",
+            "--isolation",
+            "namespace",
+            "--",
+            "true",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("--isolation vm"));
+    }
+}
