@@ -84,6 +84,8 @@ struct Running {
 enum Channel {
     Exec(Running),
     Upload(Upload),
+    /// A connection to a port on the guest's loopback (a published port).
+    Forward(std::net::TcpStream),
 }
 
 type Channels = Arc<Mutex<HashMap<u32, Channel>>>;
@@ -219,6 +221,11 @@ impl Agent {
                     Err(e) => self.out.error(channel, e),
                 }
             }
+            Message::Connect { port } => {
+                if let Err(e) = self.connect(channel, port) {
+                    self.out.error(channel, e);
+                }
+            }
             Message::Stdin(data) => self.stdin(channel, Some(data)),
             Message::StdinEof => self.stdin(channel, None),
             Message::Resize(size) => {
@@ -229,12 +236,28 @@ impl Agent {
                 }
             }
             Message::Signal(signal) => {
-                if let Some(Channel::Exec(running)) = lock(&self.channels).get(&channel) {
-                    signal_group(running.pid, signal);
+                let mut channels = lock(&self.channels);
+                match channels.get(&channel) {
+                    Some(Channel::Exec(running)) => signal_group(running.pid, signal),
+                    // The host's end of a forwarded connection went away.
+                    Some(Channel::Forward(stream)) => {
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        channels.remove(&channel);
+                    }
+                    _ => {}
                 }
             }
             Message::Data(data) => {
                 let mut channels = lock(&self.channels);
+                if let Some(Channel::Forward(stream)) = channels.get_mut(&channel) {
+                    if stream.write_all(&data).is_err() {
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        channels.remove(&channel);
+                        drop(channels);
+                        self.out.error(channel, "the connection in the sandbox closed");
+                    }
+                    return false;
+                }
                 if let Some(Channel::Upload(upload)) = channels.get_mut(&channel)
                     && let Err(e) = upload.write(&data)
                 {
@@ -250,6 +273,11 @@ impl Agent {
                     let mut channels = lock(&self.channels);
                     match channels.get(&channel) {
                         Some(Channel::Upload(_)) => channels.remove(&channel),
+                        // The host's side of a forwarded connection is done sending.
+                        Some(Channel::Forward(stream)) => {
+                            let _ = stream.shutdown(std::net::Shutdown::Write);
+                            None
+                        }
                         _ => None,
                     }
                 };
@@ -277,7 +305,8 @@ impl Agent {
             | Message::Stdout(_)
             | Message::Stderr(_)
             | Message::Exited { .. }
-            | Message::Health { .. } => {
+            | Message::Health { .. }
+            | Message::Connected => {
                 let what = kind(&message);
                 self.out
                     .error(channel, format!("unexpected message {what} on channel {channel}"));
@@ -459,6 +488,43 @@ impl Agent {
     }
 
     /// End of service: stop every command still running (in the VM, the shutdown kills the rest).
+    /// Open a connection to `port` on the guest's loopback for the host; its bytes flow back on
+    /// `channel` from a thread of its own, ending with `Done`.
+    fn connect(&mut self, channel: u32, port: u16) -> Result<()> {
+        self.open_channel(channel)?;
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .or_else(|_| std::net::TcpStream::connect(("::1", port)))
+            .map_err(|e| {
+                GuestError::Refused(format!(
+                    "nothing accepts connections on port {port} in the sandbox: {e}"
+                ))
+            })?;
+        let reader = stream
+            .try_clone()
+            .map_err(|e| GuestError::Refused(format!("port {port}: {e}")))?;
+        lock(&self.channels).insert(channel, Channel::Forward(stream));
+        self.out.send(channel, Message::Connected);
+        let out = self.out.clone();
+        let channels = self.channels.clone();
+        std::thread::spawn(move || {
+            let mut reader = reader;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.send(channel, Message::Data(buf[..n].to_vec())),
+                }
+            }
+            out.send(channel, Message::Done);
+            let channels = lock(&channels);
+            if let Some(Channel::Forward(s)) = channels.get(&channel) {
+                let _ = s.shutdown(std::net::Shutdown::Read);
+            }
+            // The host closes its end once it has seen Done; its Signal removes the channel.
+        });
+        Ok(())
+    }
+
     fn stop_commands(&self) {
         for channel in lock(&self.channels).values() {
             if let Channel::Exec(running) = channel {
@@ -648,5 +714,7 @@ fn kind(message: &Message) -> &'static str {
         Message::Health { .. } => "Health",
         Message::Shutdown => "Shutdown",
         Message::Error(_) => "Error",
+        Message::Connect { .. } => "Connect",
+        Message::Connected => "Connected",
     }
 }

@@ -387,7 +387,7 @@ fn start_docker(root: &Path, reaper: &Reaper) -> Result<()> {
 
     let command = Command {
         argv: [
-            "/usr/bin/dockerd",
+            "dockerd",
             "--data-root",
             "/var/lib/docker",
             "--iptables=false",
@@ -440,6 +440,11 @@ fn start_docker(root: &Path, reaper: &Reaper) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The VM is the boundary: the sandbox's user runs `docker` without being root in the guest
+    // (the host has no docker group for it to be in).
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666))
+        .context(|| "open /run/docker.sock to the sandbox's user".into())?;
     Ok(())
 }
 

@@ -100,15 +100,22 @@ pub struct Exec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Handshake, both ways, on the control channel.
-    Hello { version: u32, agent: String },
+    Hello {
+        version: u32,
+        agent: String,
+    },
     /// Host → guest, control: assemble the filesystem; answered with `Ready` or `Error`.
     Setup(Setup),
     /// Guest → host, control: the filesystem is ready; `kernel` is the guest's `uname -r`.
-    Ready { kernel: String },
+    Ready {
+        kernel: String,
+    },
     /// Host → guest: start a command on this channel; answered with `Started` or `Error`.
     Exec(Exec),
     /// Guest → host: the command runs with this pid (in the guest).
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// Host → guest: data for the command's stdin (or terminal).
     Stdin(Vec<u8>),
     /// Host → guest: stdin reached its end.
@@ -121,12 +128,19 @@ pub enum Message {
     /// Host → guest: deliver this signal to the command's process group.
     Signal(i32),
     /// Guest → host: the command ended; `code` is its status, or 128+N when signal N killed it.
-    Exited { code: i32 },
+    Exited {
+        code: i32,
+    },
     /// Host → guest: read a file in the sandbox; answered with `Data` frames then `Done`.
-    ReadFile { path: String },
+    ReadFile {
+        path: String,
+    },
     /// Host → guest: create or replace a file; followed by `Data` frames and `Done`, answered
     /// with `Done` or `Error`.
-    WriteFile { path: String, mode: u32 },
+    WriteFile {
+        path: String,
+        mode: u32,
+    },
     /// File content, either way.
     Data(Vec<u8>),
     /// End of a transfer, either way.
@@ -134,11 +148,22 @@ pub enum Message {
     /// Host → guest, control: are you alive? Answered with `Health`.
     Ping,
     /// Guest → host: uptime and load of the guest.
-    Health { uptime_ms: u64, processes: u32 },
+    Health {
+        uptime_ms: u64,
+        processes: u32,
+    },
     /// Host → guest, control: sync the disk, stop everything and power off.
     Shutdown,
     /// Either way: what failed. Ends the channel's conversation.
     Error(String),
+    /// Host → guest: connect to this TCP port on the guest's loopback (a published port);
+    /// answered with `Connected` or `Error`. Then `Data` flows both ways and `Done` ends a
+    /// direction (a half-close).
+    Connect {
+        port: u16,
+    },
+    /// Guest → host: the connection asked for with `Connect` is open.
+    Connected,
 }
 
 /// One frame: a message on a channel.

@@ -27,7 +27,7 @@ use airlock_ns::mounts::ExtraBind;
 use airlock_ns::supervisor::{Jail, JailMounts};
 use airlock_vm_proto::{Exec, Message, Setup, WinSize};
 
-use crate::broker::{Broker, Client, boot_failure, read_fd, write_fd};
+use crate::broker::{Broker, Client, Publisher, boot_failure, read_fd, write_fd};
 use crate::error::{Result, VmError};
 use crate::kernel::GuestKernel;
 use crate::kvm::Accel;
@@ -230,6 +230,8 @@ fn memory_mib_of(spec: &SandboxSpec) -> u64 {
 /// address space than it uses (TCG's translation cache alone reserves 1 GiB).
 fn jail_spec(spec: &SandboxSpec) -> SandboxSpec {
     let mut j = spec.clone();
+    // The VM's published ports are served by its broker, not by the jail's publisher.
+    j.network.publish.clear();
     j.limits.memory_bytes = None;
     // QEMU's and virtiofsd's threads count as tasks; the guest's processes do not.
     j.limits.pids = Some(1024);
@@ -261,12 +263,10 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
     let inside = |f: &str| PathBuf::from(JAIL_VM_DIR).join(f);
     let memory_mib = memory_mib_of(spec);
     let cpus = cpus_of(spec);
-    let forwards = spec
-        .network
-        .publish
-        .iter()
-        .map(|p| (p.sandbox_port, p.sandbox_port))
-        .collect();
+    // Published ports are served by the supervisor through the guest agent (see
+    // `broker::Publisher`), not by QEMU's forwarding, which only reaches the guest's eth0.
+    let forwards = Vec::new();
+    let publish = spec.network.publish.clone();
     let config = VmConfig {
         accel: accel.clone(),
         cpus,
@@ -370,7 +370,9 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
     let ready: airlock_ns::supervisor::JailReady = Box::new(move |init_pid| {
         let ticks = airlock_core::store::process_start_ticks(init_pid).unwrap_or(0);
         let alive = move || process_is(init_pid, ticks);
-        match Broker::start(&agent_sock, &control, setup, timeout, &alive) {
+        let started = Broker::start(&agent_sock, &control, setup, timeout, &alive)
+            .and_then(|b| Ok((b, Publisher::start(&control, &publish)?)));
+        match started {
             Ok(b) => Ok(Box::new(b) as Box<dyn std::any::Any>),
             Err(e) => {
                 let paths: Vec<&Path> = logs.iter().map(PathBuf::as_path).collect();

@@ -352,3 +352,88 @@ pub fn read_fd(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
 }
+
+/// Published ports of a VM (`-p HOST:SANDBOX`): the supervisor listens on the host side, and each
+/// connection becomes a channel to the guest agent, which connects to the port on the guest's own
+/// loopback. So a dev server bound to 127.0.0.1 in the guest is reachable, and no packet of it
+/// crosses the guest's network (or the policy gate, which is for the sandbox's way out).
+pub struct Publisher {
+    _listeners: Vec<std::net::TcpListener>,
+}
+
+impl Publisher {
+    /// Bind every mapping now (a taken port fails the start), then serve them.
+    pub fn start(control: &Path, maps: &[airlock_core::spec::PortMap]) -> Result<Publisher> {
+        let mut listeners = Vec::new();
+        for m in maps {
+            let addr = std::net::SocketAddr::new(m.host_ip, m.host_port);
+            let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                VmError::Setup(format!(
+                    "publishing {m}: cannot listen on {addr}: {e}; pick another host port"
+                ))
+            })?;
+            let served = l.try_clone().map_err(VmError::io("a published port"))?;
+            let control = control.to_path_buf();
+            let port = m.sandbox_port;
+            std::thread::spawn(move || {
+                for conn in served.incoming().flatten() {
+                    let control = control.clone();
+                    std::thread::spawn(move || forward(&control, conn, port));
+                }
+            });
+            listeners.push(l);
+        }
+        Ok(Publisher {
+            _listeners: listeners,
+        })
+    }
+}
+
+/// Relay one host connection to `port` in the guest, both ways, with half-closes.
+fn forward(control: &Path, conn: std::net::TcpStream, port: u16) {
+    let Ok(mut client) = Client::connect(control) else {
+        return;
+    };
+    if client.send(Message::Connect { port }).is_err()
+        || !matches!(client.recv(), Ok(Some(Message::Connected)))
+    {
+        return;
+    }
+    let (Ok(mut to_guest), Ok(mut from_host)) = (client.writer(), conn.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let mut buf = vec![0u8; airlock_vm_proto::CHUNK];
+        loop {
+            match from_host.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if Frame::new(CONTROL, Message::Data(buf[..n].to_vec()))
+                        .write_to(&mut to_guest)
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = Frame::new(CONTROL, Message::Done).write_to(&mut to_guest);
+    });
+    let mut to_host = conn;
+    while let Ok(Some(m)) = client.recv() {
+        match m {
+            Message::Data(d) => {
+                if to_host.write_all(&d).is_err() {
+                    break;
+                }
+            }
+            Message::Done => {
+                let _ = to_host.shutdown(std::net::Shutdown::Write);
+                break;
+            }
+            _ => break,
+        }
+    }
+    let _ = up.join();
+    let _ = to_host.shutdown(std::net::Shutdown::Both);
+}

@@ -181,17 +181,37 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
     }
 }
 
+/// A free TCP port on the host's loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[test]
-fn a_vm_has_no_network_but_the_gate_and_bad_input_is_refused() {
+fn a_vm_reaches_nothing_but_the_gate_and_publishes_ports() {
     for who in everyone() {
         let env = vm_env(&who);
-        // Direct connections to an address (a documentation address: nothing is sent out of
-        // the sandbox's sealed network namespace) fail, and so does a name lookup.
+        let name = unique("vmnet");
+        let port = free_port();
+        let publish = format!("127.0.0.1:{port}:8000");
         let out = env.airlock(&[
-            "run",
-            "--rm",
+            "create",
             "--isolation",
             "vm",
+            "--name",
+            &name,
+            "-p",
+            &publish,
+        ]);
+        assert!(out.status.success(), "[{}] create", who.label());
+        // Direct connections to an address (a documentation address: nothing leaves the
+        // sandbox's sealed network namespace) fail, and so does a name lookup.
+        let out = env.airlock(&[
+            "exec",
+            &name,
             "--",
             "python3",
             "-c",
@@ -207,6 +227,33 @@ fn a_vm_has_no_network_but_the_gate_and_bad_input_is_refused() {
         assert!(so.contains("refused"), "[{}] {so}", who.label());
         assert!(so.contains("no-dns"), "[{}] {so}", who.label());
 
+        // A server in the guest, bound to its loopback, is reachable at the published port.
+        let out = env.airlock(&[
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "python3 -m http.server --bind 127.0.0.1 8000 >/dev/null 2>&1 &",
+        ]);
+        assert!(out.status.success());
+        let mut body = String::new();
+        wait_until(
+            || {
+                use std::io::{Read, Write};
+                let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    return false;
+                };
+                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let _ = c.write_all(b"GET /README.md HTTP/1.0\r\n\r\n");
+                body.clear();
+                let _ = c.read_to_string(&mut body);
+                body.contains("hello from the host")
+            },
+            "the guest's server behind the published port",
+        );
+        assert!(env.airlock(&["rm", "--force", &name]).status.success());
+
         // --docker without the VM tier is a usage error, and nothing is created.
         let out = env.airlock(&[
             "run",
@@ -219,5 +266,71 @@ fn a_vm_has_no_network_but_the_gate_and_bad_input_is_refused() {
         ]);
         assert_eq!(out.status.code(), Some(2));
         assert!(stderr(&out).contains("--isolation vm"));
+    }
+}
+
+/// A Docker image archive (`docker save` format) whose one layer is a static busybox.
+fn busybox_image(dir: &std::path::Path) -> PathBuf {
+    let out = dir.join("busybox-image.tar");
+    let script = r#"
+import hashlib, io, json, sys, tarfile
+out = sys.argv[1]
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w") as t:
+    t.add("/bin/busybox", arcname="bin/busybox")
+    for name in ("sh", "echo", "cat", "uname"):
+        i = tarfile.TarInfo("bin/" + name); i.type = tarfile.SYMTYPE; i.linkname = "busybox"
+        t.addfile(i)
+layer = layer.getvalue()
+diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+config = json.dumps({"architecture": "amd64", "os": "linux",
+    "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+    "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+config_name = hashlib.sha256(config).hexdigest() + ".json"
+manifest = json.dumps([{"Config": config_name, "RepoTags": ["airlock-test/busybox:1"],
+    "Layers": ["layer/layer.tar"]}]).encode()
+with tarfile.open(out, "w") as t:
+    for name, data in (("layer/layer.tar", layer), (config_name, config), ("manifest.json", manifest)):
+        i = tarfile.TarInfo(name); i.size = len(data); t.addfile(i, io.BytesIO(data))
+"#;
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the test image");
+    out
+}
+
+#[test]
+fn docker_runs_inside_the_vm_on_its_own_daemon() {
+    for who in everyone() {
+        let env = vm_env(&who);
+        busybox_image(&env.ws);
+        env.chown_all();
+        let out = env.airlock(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--docker",
+            "--",
+            "sh",
+            "-c",
+            "set -e; docker load -q -i busybox-image.tar >/dev/null; \
+             docker run --rm --network none airlock-test/busybox:1 sh -c 'echo hello-from-a-container; uname -r'; \
+             docker info --format 'daemon-kernel {{.KernelVersion}}'; uname -r",
+        ]);
+        assert!(out.status.success(), "[{}] docker in the VM", who.label());
+        let so = stdout(&out);
+        let lines: Vec<&str> = so.lines().collect();
+        assert_eq!(lines.first(), Some(&"hello-from-a-container"), "{so}");
+        let guest = lines.last().copied().unwrap_or_default();
+        assert_ne!(guest, host_kernel());
+        // The container, and the daemon that ran it, are on the guest's kernel: the daemon is
+        // the VM's own, not the host's.
+        assert_eq!(lines.get(1).copied(), Some(guest), "{so}");
+        assert!(so.contains(&format!("daemon-kernel {guest}")), "{so}");
     }
 }
