@@ -39,6 +39,9 @@ pub enum CoreError {
 
     #[error("cannot find a home for Airlock's state: {0}")]
     NoStateDir(String),
+
+    #[error("the OS keyring (Secret Service): {0}")]
+    Keyring(String),
 }
 
 impl CoreError {

@@ -293,8 +293,8 @@ pub struct Credentials {
 pub const TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 impl Credentials {
-    /// Gather the secrets of `spec`'s credentials (stored, else from our environment) and make
-    /// the sandbox's CA. `None` when the sandbox has no credentials.
+    /// Gather the secrets of `spec`'s credentials (the keyring, else the file, else our
+    /// environment) and make the sandbox's CA. `None` when the sandbox has no credentials.
     pub fn prepare(store: &Store, spec: &SandboxSpec) -> Result<Option<Credentials>> {
         if spec.credentials.is_empty() {
             return Ok(None);
@@ -303,18 +303,13 @@ impl Credentials {
         let mut creds = Vec::new();
         let mut missing = Vec::new();
         for c in &spec.credentials {
-            let Some((secret, _)) = secrets.get(&c.service) else {
+            let Some((secret, _)) = secrets.lookup(&c.service)? else {
                 missing.push(c.service.clone());
                 continue;
             };
             let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
-            let mut cred = airlock_net::Credential::new(
-                &c.service,
-                &hosts,
-                &c.header,
-                &c.format,
-                zeroize::Zeroizing::new(secret),
-            );
+            let mut cred =
+                airlock_net::Credential::new(&c.service, &hosts, &c.header, &c.format, secret);
             cred.placeholder = c.placeholder.clone();
             creds.push(cred);
         }

@@ -147,3 +147,200 @@ fn ssh_agent_forwarding_is_off_by_default_and_opt_in() {
         drop(listener);
     }
 }
+
+/// `airlock secret set` with stdin fed `value`, extra variables `vars`; the output.
+fn secret_set(
+    env: &Env,
+    service: &str,
+    value: &str,
+    vars: &[(&str, &str)],
+) -> std::process::Output {
+    let mut c = env.command(&["secret", "set", service]);
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "[{}] airlock secret set {service} {vars:?}\n  exit: {:?}\n  stderr: {}",
+        env.who.label(),
+        out.status.code(),
+        stderr(&out).trim_end()
+    );
+    out
+}
+
+const KEYRING_SECRET: &str = "sk-ant-keyring-secret-0123456789abcdef";
+
+/// With a Secret Service on the session bus, secrets are stored there (never in Airlock's file),
+/// listed as such, found there when a sandbox starts, and removed from it; the sandbox can reach
+/// neither the bus nor the secret. Without one, the file; `AIRLOCK_SECRET_STORE` forces either.
+#[test]
+fn secrets_live_in_the_os_keyring_when_the_session_has_one() {
+    for who in everyone() {
+        let mut env = Env::new(&who);
+        let file = env.airlock_home.join("data/secrets.json");
+        // No session bus: forcing the keyring fails and says what to do; auto uses the file.
+        let out = secret_set(
+            &env,
+            "openai",
+            "sk-x",
+            &[("AIRLOCK_SECRET_STORE", "keyring")],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("no D-Bus session bus")
+                && stderr(&out).contains("AIRLOCK_SECRET_STORE=file"),
+            "{}",
+            stderr(&out)
+        );
+        let started = std::time::Instant::now();
+        let out = secret_set(
+            &env,
+            "openai",
+            "sk-openai-in-file",
+            &[("AIRLOCK_SECRET_STORE", "auto")],
+        );
+        assert!(out.status.success());
+        assert!(stderr(&out).contains("no OS keyring"), "{}", stderr(&out));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "no bus is found out fast"
+        );
+        assert!(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .contains("sk-openai-in-file")
+        );
+
+        let kr = SessionKeyring::start(&env);
+        env.extra_env.extend(kr.env());
+        let missing = "no anthropic secret";
+        let out = env.airlock(&["run", "--rm", "--kit", "claude", "--", "true"]);
+        assert!(stderr(&out).contains(missing), "{}", stderr(&out));
+
+        // set: into the keyring, not the file.
+        let out = secret_set(&env, "anthropic", KEYRING_SECRET, &[]);
+        assert!(out.status.success());
+        assert!(
+            stderr(&out).contains("in the OS keyring"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            kr.lookup(&env, "anthropic").as_deref(),
+            Some(KEYRING_SECRET)
+        );
+        assert!(
+            !std::fs::read_to_string(&file)
+                .unwrap()
+                .contains(KEYRING_SECRET)
+        );
+        // Encrypted at rest: the keyring's own file does not hold it in clear either.
+        let keyrings = env.home.join(".local/share/keyrings");
+        let mut at_rest = 0;
+        for e in std::fs::read_dir(&keyrings).unwrap().flatten() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            assert!(
+                !bytes
+                    .windows(KEYRING_SECRET.len())
+                    .any(|w| w == KEYRING_SECRET.as_bytes())
+            );
+            at_rest += 1;
+        }
+        assert!(at_rest > 0, "gnome-keyring keeps its keyring under $HOME");
+
+        // ls: where each one is.
+        let ls = stdout(&env.airlock(&["secret", "ls"]));
+        assert!(
+            ls.lines()
+                .any(|l| l.starts_with("anthropic") && l.contains("OS keyring")),
+            "{ls}"
+        );
+        assert!(
+            ls.lines()
+                .any(|l| l.starts_with("openai") && l.contains("secrets.json")),
+            "{ls}"
+        );
+        assert!(!ls.contains(KEYRING_SECRET));
+        let json: serde_json::Value =
+            serde_json::from_slice(&env.airlock(&["secret", "ls", "--json"]).stdout).unwrap();
+        assert!(
+            json.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["service"] == "anthropic" && e["store"] == "keyring"),
+            "{json}"
+        );
+
+        // lookup at sandbox start: found in the keyring; inside, no bus and no secret.
+        let probe = format!(
+            "echo key=$ANTHROPIC_API_KEY; echo bus=${{DBUS_SESSION_BUS_ADDRESS:-none}}; \
+             test -e {} && echo bus-visible || echo bus-invisible",
+            kr.socket.display()
+        );
+        let out = env.airlock(&["run", "--rm", "--kit", "claude", "--", "sh", "-c", &probe]);
+        assert!(out.status.success());
+        assert!(!stderr(&out).contains(missing), "{}", stderr(&out));
+        let o = stdout(&out);
+        assert!(o.starts_with("key=airlock-placeholder-"), "{o}");
+        assert!(o.contains("bus=none\nbus-invisible"), "{o}");
+        assert!(!o.contains(KEYRING_SECRET));
+
+        // AIRLOCK_SECRET_STORE=file: the file, even with a keyring there.
+        let out = secret_set(
+            &env,
+            "gemini",
+            "gemini-in-file",
+            &[("AIRLOCK_SECRET_STORE", "file")],
+        );
+        assert!(out.status.success());
+        assert!(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .contains("gemini-in-file")
+        );
+        assert_eq!(kr.lookup(&env, "gemini"), None);
+
+        // rm: from the keyring and the file alike.
+        let out = secret_set(&env, "gemini", "gemini-in-keyring", &[]);
+        assert!(out.status.success());
+        let file_again = secret_set(
+            &env,
+            "gemini",
+            "gemini-in-file",
+            &[("AIRLOCK_SECRET_STORE", "file")],
+        );
+        assert!(file_again.status.success());
+        assert_eq!(
+            kr.lookup(&env, "gemini").as_deref(),
+            Some("gemini-in-keyring")
+        );
+        for service in ["anthropic", "gemini", "openai"] {
+            assert!(env.airlock(&["secret", "rm", service]).status.success());
+            assert_eq!(kr.lookup(&env, service), None, "{service}");
+        }
+        let left = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !left.contains("gemini-in-file") && !left.contains("sk-openai"),
+            "{left}"
+        );
+        assert_eq!(
+            env.airlock(&["secret", "rm", "anthropic"]).status.code(),
+            Some(3)
+        );
+        let out = env.airlock(&["run", "--rm", "--kit", "claude", "--", "true"]);
+        assert!(stderr(&out).contains(missing), "{}", stderr(&out));
+    }
+}

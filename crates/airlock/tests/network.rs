@@ -821,3 +821,98 @@ fn git_over_https_gets_the_github_token_at_the_gate_and_the_sandbox_never_holds_
         assert!(env.airlock(&["rm", &name]).status.success());
     }
 }
+
+/// The secret a sandbox's gate sends comes from the OS keyring first, then Airlock's file: with
+/// both holding one, the upstream gets the keyring's; with the keyring gone, the file's.
+#[test]
+fn the_gate_takes_the_keyring_secret_before_the_file_one() {
+    const IN_KEYRING: &str = "sk-test-from-the-keyring-0123456789abcdef";
+    const IN_FILE: &str = "sk-test-from-the-file-0123456789abcdef";
+    let pki = upstream_pki();
+    let d = pki.path();
+    let upstream_log = d.join("received.log");
+    let net = FakeInternet::with_env(&[
+        ("FAKE_TLS_CERT", d.join("srv.pem").display().to_string()),
+        ("FAKE_TLS_KEY", d.join("srv.key").display().to_string()),
+        ("FAKE_TLS_LOG", upstream_log.display().to_string()),
+    ]);
+    let client = r#"
+import os, urllib.request
+r = urllib.request.urlopen(urllib.request.Request("https://api.secret.test/v1", headers={"x-api-key": os.environ["SECRETTEST_API_KEY"]}), timeout=10)
+print("status", r.status)
+"#;
+    for who in everyone() {
+        let mut env = Env::new(&who);
+        let kits = env.home.join(".config/airlock/kits");
+        std::fs::create_dir_all(&kits).unwrap();
+        std::fs::write(
+            kits.join("secrettest.toml"),
+            "name = \"secrettest\"\ncommand = []\nallow = [\"api.secret.test\"]\n\n[[credentials]]\nservice = \"secrettest\"\nenv = \"SECRETTEST_API_KEY\"\nhosts = [\"api.secret.test\"]\nheader = \"x-api-key\"\nformat = \"{secret}\"\n",
+        )
+        .unwrap();
+        let keyring = SessionKeyring::start(&env);
+        env.extra_env.extend(keyring.env());
+        env.extra_env.push((
+            "AIRLOCK_UPSTREAM_CA_FILE".into(),
+            d.join("ca.pem").display().to_string(),
+        ));
+        let store = |args: &[&str], value: &str, choice: &str| {
+            let mut c = env.command(args);
+            c.env("AIRLOCK_SECRET_STORE", choice)
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(value.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            stderr(&out)
+        };
+        let said = store(
+            &[
+                "secret",
+                "set-custom",
+                "secrettest",
+                "--host",
+                "api.secret.test",
+                "--header",
+                "x-api-key",
+            ],
+            IN_KEYRING,
+            "auto",
+        );
+        assert!(said.contains("OS keyring"), "{said}");
+        store(&["secret", "set", "secrettest"], IN_FILE, "file");
+        assert_eq!(
+            keyring.lookup(&env, "secrettest").as_deref(),
+            Some(IN_KEYRING)
+        );
+        let run = || {
+            let _ = std::fs::remove_file(&upstream_log);
+            let out = net.airlock(
+                &env,
+                &[
+                    "run",
+                    "--rm",
+                    "--kit",
+                    "secrettest",
+                    "--",
+                    "/usr/bin/python3",
+                    "-c",
+                    client,
+                ],
+            );
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert!(stdout(&out).contains("status 200"));
+            std::fs::read_to_string(&upstream_log).unwrap()
+        };
+        assert_eq!(run().trim(), IN_KEYRING, "the keyring comes first");
+        drop(keyring);
+        assert_eq!(run().trim(), IN_FILE, "without a keyring, the file");
+    }
+}

@@ -66,7 +66,7 @@ pub enum KitCommand {
     /// Agent kits: list them or show one
     #[command(
         subcommand,
-        after_help = "Examples:\n  airlock kit ls\n  airlock kit show claude\n\nUser kits: ~/.config/airlock/kits/NAME.toml (same fields; `extends = \"claude\"` to start from a built-in)."
+        after_help = "Examples:\n  airlock kit ls\n  airlock kit show claude\n\nUser kits: ~/.config/airlock/kits/NAME.toml (same fields; `extends = \"claude\"` to start from a built-in).\nA credential of a built-in service needs only its name, e.g. `[[credentials]]` `service = \"github\"` (git over HTTPS then authenticates through the gate too)."
     )]
     Kit(KitSub),
 }

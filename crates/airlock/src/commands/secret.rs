@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Read};
 
-use airlock_core::secrets::{SecretSource, SecretStore, ServiceDef};
+use airlock_core::secrets::{STORE_VAR, SecretSource, SecretStore, ServiceDef, StoreChoice};
 use airlock_core::store::Store;
 use clap::Subcommand;
 
@@ -22,7 +22,12 @@ pub enum SecretCommand {
   airlock secret rm anthropic
 
 Built-in services: anthropic, openai, gemini, github. Without a stored secret the usual variable of
-Airlock's own environment is used (ANTHROPIC_API_KEY, ...), still only at the gate."
+Airlock's own environment is used (ANTHROPIC_API_KEY, ...), still only at the gate.
+
+Where secrets are stored: the OS keyring (Secret Service: gnome-keyring, KeePassXC...) when your
+session has one, else a file only you can read (<state>/secrets.json, mode 0600). Lookup order:
+keyring, file, environment. AIRLOCK_SECRET_STORE=file never uses the keyring; =keyring fails
+rather than fall back to the file."
     )]
     Secret(SecretSub),
 }
@@ -54,6 +59,20 @@ pub enum SecretSub {
     },
     /// Delete a stored secret (and a custom service definition)
     Rm { service: String },
+}
+
+/// "in the OS keyring" / "in FILE (why not the keyring)".
+fn stored(secrets: &SecretStore, place: &SecretSource) -> String {
+    match place {
+        SecretSource::Keyring => "in the OS keyring (Secret Service)".into(),
+        SecretSource::File(p) => match (secrets.choice(), secrets.keyring_unavailable()) {
+            (StoreChoice::Auto, Some(why)) => {
+                format!("in {} (mode 0600; no OS keyring: {why})", p.display())
+            }
+            _ => format!("in {} (mode 0600; {STORE_VAR}=file)", p.display()),
+        },
+        SecretSource::Environment(k) => format!("in ${k}"),
+    }
 }
 
 fn read_secret(service: &str) -> Result<String, Failure> {
@@ -103,10 +122,10 @@ pub fn dispatch(c: SecretCommand) -> Result<i32, Failure> {
                 ));
             }
             let v = read_secret(&service)?;
-            secrets.set(&service, &v)?;
+            let place = secrets.set(&service, &v)?;
             ui::note(&format!(
-                "stored the {service} secret in {}",
-                SecretStore::path_in(&store.paths.data).display()
+                "stored the {service} secret {}",
+                stored(&secrets, &place)
             ));
         }
         SecretSub::SetCustom {
@@ -130,18 +149,26 @@ pub fn dispatch(c: SecretCommand) -> Result<i32, Failure> {
                 header,
                 format,
             })?;
-            secrets.set(&name, &v)?;
-            ui::note(&format!("stored the {name} secret"));
+            let place = secrets.set(&name, &v)?;
+            ui::note(&format!(
+                "stored the {name} secret {}",
+                stored(&secrets, &place)
+            ));
         }
         SecretSub::Ls { json } => {
-            let list = secrets.list();
+            let list = secrets.list()?;
             if json {
                 let v: Vec<serde_json::Value> = list
                     .iter()
                     .map(|(s, src)| match src {
-                        SecretSource::File(p) => serde_json::json!({"service": s, "stored_in": p}),
+                        SecretSource::Keyring => {
+                            serde_json::json!({"service": s, "store": "keyring"})
+                        }
+                        SecretSource::File(p) => {
+                            serde_json::json!({"service": s, "store": "file", "stored_in": p})
+                        }
                         SecretSource::Environment(k) => {
-                            serde_json::json!({"service": s, "environment": k})
+                            serde_json::json!({"service": s, "store": "environment", "environment": k})
                         }
                     })
                     .collect();
@@ -152,11 +179,22 @@ pub fn dispatch(c: SecretCommand) -> Result<i32, Failure> {
                 }
                 for (s, src) in list {
                     match src {
+                        SecretSource::Keyring => {
+                            println!("{s:<12} stored in the OS keyring (Secret Service)")
+                        }
                         SecretSource::File(p) => println!("{s:<12} stored in {}", p.display()),
                         SecretSource::Environment(k) => {
                             println!("{s:<12} from ${k} of airlock's environment")
                         }
                     }
+                }
+                if let Some(why) = secrets.keyring_unavailable()
+                    && secrets.choice() == StoreChoice::Auto
+                {
+                    ui::note(&format!(
+                        "no OS keyring ({why}): new secrets go to {}",
+                        secrets.file_path().display()
+                    ));
                 }
             }
         }

@@ -129,6 +129,9 @@ impl Env {
             .env("HOME", &self.home)
             .env("AIRLOCK_HOME", &self.airlock_home)
             .env("LANG", "C.UTF-8")
+            // Never the keyring of whoever runs the tests ($XDG_RUNTIME_DIR/bus is found even
+            // without the variable); the keyring tests bring their own and override this.
+            .env("AIRLOCK_SECRET_STORE", "file")
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {
             c.env(k, v);
@@ -252,4 +255,136 @@ pub fn with_pre_exec(
 ) {
     // SAFETY: the hook only makes async-signal-safe syscalls (dup2/fcntl) in the tests that use it.
     unsafe { c.pre_exec(f) };
+}
+
+/// A private D-Bus session bus with a Secret Service provider (gnome-keyring, its login keyring
+/// created and unlocked under the scenario's `$HOME`), running as the scenario's user. Airlock
+/// reaches it through `DBUS_SESSION_BUS_ADDRESS` ([`SessionKeyring::env`]). Stopped on drop
+/// (gnome-keyring exits with its bus).
+pub struct SessionKeyring {
+    bus: std::process::Child,
+    pub address: String,
+    pub socket: PathBuf,
+}
+
+impl SessionKeyring {
+    pub fn start(env: &Env) -> SessionKeyring {
+        use std::io::{BufRead, Write};
+        let socket = env.base.join("session-bus");
+        let address = format!("unix:path={}", socket.display());
+        let runtime = env.base.join("xdg-runtime");
+        std::fs::create_dir_all(&runtime).unwrap();
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+        env.chown_all();
+        let as_user = |c: &mut Command| {
+            c.env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("HOME", &env.home)
+                .env("XDG_RUNTIME_DIR", &runtime)
+                .env("DBUS_SESSION_BUS_ADDRESS", &address);
+            if let Who::User { uid, gid, .. } = env.who {
+                c.uid(uid).gid(gid);
+            }
+        };
+        let mut c = Command::new("dbus-daemon");
+        c.args([
+            "--session",
+            "--nofork",
+            "--nopidfile",
+            &format!("--address={address}"),
+            "--print-address=1",
+        ]);
+        as_user(&mut c);
+        let mut bus = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (Debian package dbus) is needed for the keyring tests");
+        let mut line = String::new();
+        std::io::BufReader::new(bus.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("unix:"),
+            "dbus-daemon did not start: {line:?}"
+        );
+        let mut k = Command::new("gnome-keyring-daemon");
+        k.args(["--unlock", "--components=secrets"]);
+        as_user(&mut k);
+        let mut k = k
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gnome-keyring-daemon (Debian package gnome-keyring) is needed for the keyring tests");
+        k.stdin
+            .take()
+            .unwrap()
+            .write_all(b"test keyring password")
+            .unwrap();
+        assert!(
+            k.wait().unwrap().success(),
+            "gnome-keyring-daemon --unlock failed"
+        );
+        let kr = SessionKeyring {
+            bus,
+            address,
+            socket,
+        };
+        // A session bus takes connections from its own user only: ask as that user.
+        wait_until(
+            || {
+                let mut c = Command::new("dbus-send");
+                if let Who::User { uid, gid, .. } = env.who {
+                    c.uid(uid).gid(gid);
+                }
+                c.args([
+                    &format!("--bus={}", kr.address),
+                    "--print-reply",
+                    "--dest=org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus.NameHasOwner",
+                    "string:org.freedesktop.secrets",
+                ])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("boolean true"))
+            },
+            "gnome-keyring to own org.freedesktop.secrets",
+        );
+        kr
+    }
+
+    /// What `airlock` needs to use it (and not the file store the harness otherwise forces).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DBUS_SESSION_BUS_ADDRESS".into(), self.address.clone()),
+            ("AIRLOCK_SECRET_STORE".into(), "auto".into()),
+        ]
+    }
+
+    /// The secret the keyring holds for Airlock's `service`, asked directly (secret-tool).
+    pub fn lookup(&self, env: &Env, service: &str) -> Option<String> {
+        let mut c = Command::new("secret-tool");
+        c.args(["lookup", "application", "airlock", "service", service])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &env.home)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address);
+        if let Who::User { uid, gid, .. } = env.who {
+            c.uid(uid).gid(gid);
+        }
+        let out = c
+            .output()
+            .expect("secret-tool (Debian package libsecret-tools) is needed for the keyring tests");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for SessionKeyring {
+    fn drop(&mut self) {
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
 }
