@@ -256,34 +256,17 @@ pub fn setup(setup: &Setup, reaper: &Reaper) -> Result<String> {
         mount_in_root(root, "/sys/fs/cgroup", "cgroup2", "cgroup2", quiet, "")?;
     }
 
-    // The workspace: the host's copy-on-write layer itself, not the disk's overlay.
-    let source = sys::open_in_root(
-        Path::new("/host"),
-        &setup.workspace,
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-    .context(|| format!("open the workspace /host{}", setup.workspace))?;
-    let target = sys::ensure_dir_in_root(root, &setup.workspace)?;
-    let shown = format!("{NEWROOT}{}", setup.workspace);
-    sys::mount(
-        &fd_path(&source),
-        &fd_path(&target),
-        "",
-        libc::MS_BIND | libc::MS_REC,
-        "",
-    )
-    .context(|| format!("bind the workspace at {shown}"))?;
-    if setup.workspace_readonly {
-        // The descriptor opened before the bind is the directory underneath; reopen.
-        let mounted =
-            sys::open_in_root(root, &setup.workspace, libc::O_PATH | libc::O_DIRECTORY, 0)
-                .context(|| format!("open {shown}"))?;
-        let flags =
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-        sys::mount("", &fd_path(&mounted), "", flags, "")
-            .context(|| format!("make the workspace {shown} read-only"))?;
+    // The home, then the workspace (often inside the home): the host side's own layers, not
+    // the disk's overlay, so they behave as in the namespace tier.
+    if !setup.home.is_empty() && setup.home != setup.workspace {
+        bind_from_host(root, &setup.home, false, "the home")?;
     }
+    bind_from_host(
+        root,
+        &setup.workspace,
+        setup.workspace_readonly,
+        "the workspace",
+    )?;
 
     write_resolv_conf(root, &setup.net_resolver)?;
     let iface = crate::netcfg::configure(
@@ -445,6 +428,37 @@ fn start_docker(root: &Path, reaper: &Reaper) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o666))
         .context(|| "open /run/docker.sock to the sandbox's user".into())?;
+    Ok(())
+}
+
+/// Show the host share's `path` at the same path in the sandbox's root (read-only if asked).
+fn bind_from_host(root: &Path, path: &str, readonly: bool, what: &str) -> Result<()> {
+    let source = sys::open_in_root(
+        Path::new("/host"),
+        path,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .context(|| format!("open {what} /host{path}"))?;
+    let target = sys::ensure_dir_in_root(root, path)?;
+    let shown = format!("{NEWROOT}{path}");
+    sys::mount(
+        &fd_path(&source),
+        &fd_path(&target),
+        "",
+        libc::MS_BIND | libc::MS_REC,
+        "",
+    )
+    .context(|| format!("bind {what} at {shown}"))?;
+    if readonly {
+        // The descriptor opened before the bind is the directory underneath; reopen.
+        let mounted = sys::open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .context(|| format!("open {shown}"))?;
+        let flags =
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        sys::mount("", &fd_path(&mounted), "", flags, "")
+            .context(|| format!("make {what} {shown} read-only"))?;
+    }
     Ok(())
 }
 

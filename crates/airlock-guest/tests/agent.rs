@@ -586,6 +586,7 @@ fn setup_is_refused_outside_the_vm_and_unknown_frames_are_answered() {
             hostname: "h".into(),
             workspace: "/w".into(),
             workspace_readonly: false,
+            home: String::new(),
             disk: "/dev/vda".into(),
             docker: false,
             net_address: String::new(),

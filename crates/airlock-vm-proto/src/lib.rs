@@ -72,6 +72,9 @@ pub struct Setup {
     pub workspace: String,
     /// Mount the workspace read-only.
     pub workspace_readonly: bool,
+    /// The sandbox user's home (empty: none). Like the workspace it is served from the host
+    /// side (the sandbox's home layer), so it persists and behaves as in the namespace tier.
+    pub home: String,
     /// Block device holding the sandbox's writable layer (ext4).
     pub disk: String,
     /// Start a private Docker daemon with its storage on the sandbox disk.

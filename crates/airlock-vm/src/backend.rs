@@ -120,11 +120,18 @@ pub fn guest_agent() -> Result<PathBuf> {
     }
     candidates.push("/usr/local/lib/airlock/airlock-guest".into());
     candidates.push("/usr/lib/airlock/airlock-guest".into());
+    // A plain `cargo build` leaves a dynamic airlock-guest next to `airlock`: skip it.
+    let mut skipped = Vec::new();
     for c in &candidates {
         if c.is_file() {
-            check_static(c)?;
-            return Ok(c.clone());
+            match check_static(c) {
+                Ok(()) => return Ok(c.clone()),
+                Err(e) => skipped.push(e.to_string()),
+            }
         }
+    }
+    if let Some(why) = skipped.first() {
+        return Err(VmError::Setup(why.clone()));
     }
     Err(VmError::Setup(format!(
         "the guest agent (airlock-guest) is not installed; build it with `cargo build-guest` in Airlock's source tree (a static binary) and put it next to `airlock`, or set AIRLOCK_GUEST_AGENT (looked in: {})",
@@ -353,6 +360,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
         hostname: spec.name.clone(),
         workspace: spec.workspace.display().to_string(),
         workspace_readonly: spec.mode == WorkspaceMode::Ro,
+        home: spec.user.home.display().to_string(),
         disk: "/dev/vda".into(),
         docker: spec.docker,
         net_address: GUEST_ADDRESS.into(),

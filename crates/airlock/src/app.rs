@@ -60,6 +60,7 @@ pub fn main() -> i32 {
     if matches!(
         cli.command,
         Command::Ls { .. }
+            | Command::Doctor { .. }
             | Command::Inspect { .. }
             | Command::Gc { .. }
             | Command::Completions { .. }
@@ -94,6 +95,7 @@ pub fn main() -> i32 {
         Command::Kit(c) => commands::kit::dispatch(c),
         Command::Secret(c) => commands::secret::dispatch(c),
         Command::Probe(a) => commands::audit::probe(a),
+        Command::Doctor { json } => commands::doctor::doctor(json),
     };
     match result {
         Ok(code) => code,

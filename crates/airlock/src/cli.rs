@@ -152,6 +152,16 @@ every network attempt. `--net-targets none` makes no connection or lookup beyond
     #[command(flatten)]
     Secret(crate::commands::secret::SecretCommand),
 
+    /// Check what this host gives each isolation tier (namespaces, cgroups, network capture,
+    /// QEMU, guest kernel, KVM or TCG) and say how to fix what is missing
+    ///
+    /// Example: airlock doctor --json
+    Doctor {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+
     /// (internal) The audit probe, as run inside a sandbox: prints a JSON report
     #[command(name = "__probe", hide = true)]
     Probe(ProbeArgs),

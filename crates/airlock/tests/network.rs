@@ -5,6 +5,7 @@
 //! servers in it, and runs `airlock` inside it. No packet can leave the machine.
 
 mod common;
+mod vm_support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -330,6 +331,74 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
                 .code(),
             Some(0)
         );
+        assert!(env.airlock(&["rm", &name]).status.success());
+    }
+}
+
+/// The microVM tier's guest goes out through the same gate: the same script gets the same
+/// answers, and the decisions land in the same log.
+#[test]
+fn a_vm_guest_meets_the_same_policy_gate() {
+    let net = FakeInternet::new();
+    for who in everyone() {
+        let mut env = Env::new(&who);
+        env.extra_env.push((
+            "AIRLOCK_GUEST_AGENT".into(),
+            vm_support::guest_agent(BIN).display().to_string(),
+        ));
+        let name = unique("vmgate");
+        let out = net.airlock(
+            &env,
+            &[
+                "run",
+                "--isolation",
+                "vm",
+                "--name",
+                &name,
+                "--allow",
+                "allowed.test",
+                "--allow",
+                "rebind.test",
+                "--deny",
+                "denied.test",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                CLIENT,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let o = stdout(&out);
+        let refused = |k: &str| {
+            let l = line(&o, k);
+            l.starts_with("ERR") || l.contains(" 403 ")
+        };
+        assert!(
+            line(&o, "proxy_allowed").starts_with("OK hello from 203.0.113.10"),
+            "{o}"
+        );
+        assert!(line(&o, "proxy_denied").starts_with("HTTP 403"), "{o}");
+        assert!(
+            line(&o, "dns_allowed").starts_with("OK 203.0.113.10"),
+            "{o}"
+        );
+        for k in [
+            "proxy_other",
+            "proxy_rebind",
+            "proxy_metadata_ip",
+            "dns_denied",
+            "dns_unlisted",
+            "direct_unlisted_ip",
+            "direct_private",
+            "direct_metadata",
+            "direct_v6",
+            "udp_other",
+        ] {
+            assert!(refused(k), "{k} must be refused from the VM: {o}");
+        }
+        let log = stdout(&env.airlock(&["policy", "log", &name, "--json"]));
+        assert!(log.contains("\"denied.test\""), "{log}");
+        assert!(log.contains("\"allowed.test\""), "{log}");
         assert!(env.airlock(&["rm", &name]).status.success());
     }
 }

@@ -1,6 +1,7 @@
 //! One module per group of subcommands.
 
 pub mod audit;
+pub mod doctor;
 pub mod info;
 pub mod kit;
 pub mod lifecycle;
