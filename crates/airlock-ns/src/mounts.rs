@@ -163,6 +163,10 @@ pub struct MountPlan {
     pub extra_binds: Vec<ExtraBind>,
     /// Extra device nodes of the host's /dev shown inside (`kvm` for a VMM).
     pub extra_devices: Vec<String>,
+    /// Where to assemble a *share tree* inside (for the microVM tier's file server): a tmpfs
+    /// holding only the system directories (masks included), the root symlinks, the home and
+    /// the workspace — not /proc, /sys, /dev, /run or /tmp of the sandbox.
+    pub share_tree: Option<PathBuf>,
 }
 
 impl MountPlan {
@@ -243,6 +247,7 @@ impl MountPlan {
             template: None,
             extra_binds: Vec::new(),
             extra_devices: Vec::new(),
+            share_tree: None,
         }
     }
 
@@ -518,6 +523,10 @@ impl MountPlan {
             }
         }
 
+        if let Some(at) = &self.share_tree {
+            self.build_share_tree(&under(r, at))?;
+        }
+
         // Switch root: pivot_root(".", ".") stacks the old root under the new one; detaching it
         // leaves no path back to the host.
         chdir(r)?;
@@ -539,6 +548,55 @@ impl MountPlan {
             libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
             None,
         )?;
+        Ok(())
+    }
+}
+
+impl MountPlan {
+    /// See [`MountPlan::share_tree`]. Runs after the masks: recursive binds carry them along.
+    fn build_share_tree(&self, share: &Path) -> Result<()> {
+        let r = &self.root;
+        mkdir_all(share)?;
+        mount(
+            Some("tmpfs"),
+            share,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=0755,size=64k"),
+        )?;
+        let rbind = |from: &Path, to: &Path| -> Result<()> {
+            mkdir_all(to)?;
+            let (f, t) = (cstr(from)?, cstr(to)?);
+            // SAFETY: valid NUL-terminated paths; NULL fstype/data are allowed for MS_BIND.
+            let rc = unsafe {
+                libc::mount(
+                    f.as_ptr(),
+                    t.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(NsError::sys(
+                    format!("binding {} on {}", from.display(), to.display()),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            Ok(())
+        };
+        for d in &self.system_dirs {
+            rbind(&r.join(d), &share.join(d))?;
+        }
+        for (name, target) in &self.root_symlinks {
+            symlink(target, &share.join(name))?;
+        }
+        // The home, then the workspace, unless it is inside the home (the recursive bind of the
+        // home carried the workspace's mount along).
+        rbind(&under(r, &self.home), &under(share, &self.home))?;
+        if !self.workspace.starts_with(&self.home) || self.workspace == self.home {
+            rbind(&under(r, &self.workspace), &under(share, &self.workspace))?;
+        }
         Ok(())
     }
 }

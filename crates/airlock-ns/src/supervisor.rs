@@ -206,6 +206,7 @@ fn boot_inner(
     plan.network_capture = crate::net::needs_capture(store, spec);
     plan.extra_binds = extras.binds.clone();
     plan.extra_devices = extras.devices.clone();
+    plan.share_tree = extras.share_tree.clone();
     if spec.ssh_agent {
         let sock = std::env::var_os("SSH_AUTH_SOCK")
             .map(PathBuf::from)
@@ -624,6 +625,8 @@ pub fn start_detached(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState>
 pub struct JailMounts {
     pub binds: Vec<ExtraBind>,
     pub devices: Vec<String>,
+    /// See [`MountPlan::share_tree`].
+    pub share_tree: Option<PathBuf>,
 }
 
 /// Called in the detached supervisor once the jail and its network run, with the jail's init pid.

@@ -38,6 +38,9 @@ const JAIL_VM_DIR: &str = "/run/airlock/vm";
 const JAIL_BOOT: &str = "/run/airlock/boot";
 const JAIL_BIN: &str = "/run/airlock/bin";
 const JAIL_DISK: &str = "/run/airlock/disk.img";
+/// What virtiofsd serves: the sandbox's view of the host, without the jail's own /proc, /sys,
+/// /dev, /run or /tmp (see `MountPlan::share_tree`).
+const JAIL_SHARE: &str = "/run/airlock/share";
 
 /// The guest's side of QEMU's user-mode network.
 const GUEST_ADDRESS: &str = "10.0.2.15/24";
@@ -325,7 +328,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
     ];
     argv.extend(crate::qemu::virtiofsd_args(
         &inside("fs.sock"),
-        Path::new("/"),
+        Path::new(JAIL_SHARE),
     ));
     let ro = |host: &Path, inside: &str| ExtraBind {
         host: host.to_path_buf(),
@@ -351,6 +354,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
         .into_iter()
         .chain((!qemu_visible).then(|| ro(&assets.qemu, &qemu_bin)))
         .collect(),
+        share_tree: Some(PathBuf::from(JAIL_SHARE)),
         devices: match accel {
             Accel::Kvm => vec!["kvm".into()],
             Accel::Tcg { .. } => vec![],
