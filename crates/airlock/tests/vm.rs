@@ -128,6 +128,25 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
         assert!(out.status.success(), "[{}] exec after stop", who.label());
         assert_eq!(stdout(&out), "new\nwarm\n");
 
+        // The audit probe runs inside the guest (a host binary copied in through the agent).
+        let out = env.airlock(&[
+            "audit",
+            "--sandbox",
+            &name,
+            "--json",
+            "--net-targets",
+            "none",
+        ]);
+        assert!(out.status.success(), "[{}] audit in the VM", who.label());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["context"]["kind"], "sandbox");
+        assert_ne!(
+            report["context"]["kernel"].as_str().unwrap_or_default(),
+            host_kernel(),
+            "the probe ran on the guest's kernel: {}",
+            report["context"]
+        );
+
         // rm: no VMM process, no disk, no state.
         let state = inspect(&env, &name);
         assert!(

@@ -1,6 +1,7 @@
 //! Network reachability: loopback service ports (always), and non-loopback targets
 //! (cloud metadata, outbound, gateways, DNS) only as `opts.net_targets` lists them.
-//! Every attempt is a TCP connect (closed at once, nothing sent) or a DNS lookup; all
+//! Every attempt is a TCP connect (nothing sent; off loopback, held up to half a second to tell a
+//! real peer from a NAT that accepts and then resets) or a DNS lookup; all
 //! run in parallel with `opts.timeout` each, so the whole check takes about one timeout.
 
 use std::io::ErrorKind;
@@ -24,7 +25,29 @@ enum Tcp {
 fn tcp(ctx: &Ctx, addr: SocketAddr) -> Tcp {
     ctx.log_net(format!("tcp {addr}"));
     match TcpStream::connect_timeout(&addr, ctx.timeout) {
-        Ok(_s) => Tcp::Connected,
+        Ok(s) if addr.ip().is_loopback() => {
+            drop(s);
+            Tcp::Connected
+        }
+        // A NAT in between (QEMU's user-mode network in a VM, some VPNs) accepts the connection
+        // before it knows whether its own connection out succeeds, and resets it when that fails.
+        // A real peer either waits for the client to speak or sends a banner: wait a moment for
+        // a reset or an end before calling the destination reachable. Nothing is sent.
+        Ok(s) => {
+            let _ = s.set_read_timeout(Some(ctx.timeout.min(Duration::from_millis(500))));
+            match s.peek(&mut [0u8; 1]) {
+                Ok(0) => Tcp::Blocked,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    Tcp::Blocked
+                }
+                _ => Tcp::Connected,
+            }
+        }
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => Tcp::Refused,
         Err(_) => Tcp::Blocked,
     }
