@@ -277,7 +277,9 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
     // `broker::Publisher`), not by QEMU's forwarding, which only reaches the guest's eth0.
     let forwards = Vec::new();
     let publish = spec.network.publish.clone();
+    let machine = crate::qemu::machine(&assets.qemu, &store.paths.runtime);
     let config = VmConfig {
+        machine,
         accel: accel.clone(),
         cpus,
         memory_mib,
@@ -403,7 +405,8 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
     let mut state = airlock_ns::supervisor::start_jail(store, &jail_spec(spec), jail)
         .map_err(|e| VmError::Setup(e.to_string()))?;
     state.vm = Some(format!(
-        "QEMU {}, {cpus} vCPU, {memory_mib} MiB, guest kernel {}",
+        "QEMU {} ({}), {cpus} vCPU, {memory_mib} MiB, guest kernel {}",
+        machine.as_str(),
         crate::kvm::describe(&accel),
         assets.kernel.version
     ));

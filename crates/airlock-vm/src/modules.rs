@@ -16,6 +16,7 @@ use crate::error::{Result, VmError};
 /// copy-on-write layer (overlay). A kernel lacking any of these cannot run a sandbox.
 pub const BASE_MODULES: &[&str] = &[
     "virtio_pci",
+    "virtio_mmio",
     "virtio_blk",
     "virtio_console",
     "virtio_net",

@@ -12,9 +12,68 @@ use airlock_vm_proto::{PORT_NAME, SHARE_TAG};
 use crate::error::{Result, VmError};
 use crate::kvm::Accel;
 
+/// The machine QEMU emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// `microvm`: no firmware, no PCI, virtio-mmio devices described in ACPI. Boots fastest.
+    Microvm,
+    /// `pc`: the classic PC with PCI (SeaBIOS), for QEMUs without `microvm`.
+    Pc,
+}
+
+impl Machine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Machine::Microvm => "microvm",
+            Machine::Pc => "pc",
+        }
+    }
+}
+
+/// The machine to use with `qemu`: `AIRLOCK_VM_MACHINE` (`microvm` or `pc`) if set, else
+/// `microvm` when this QEMU has it (asked once per QEMU binary and size, cached in
+/// `runtime_dir`), else `pc`.
+pub fn machine(qemu: &Path, runtime_dir: &Path) -> Machine {
+    match std::env::var("AIRLOCK_VM_MACHINE").as_deref() {
+        Ok("pc") => return Machine::Pc,
+        Ok("microvm") => return Machine::Microvm,
+        _ => {}
+    }
+    let size = std::fs::metadata(qemu).map(|m| m.len()).unwrap_or(0);
+    let key = format!("{}:{size}", qemu.display());
+    let cache = runtime_dir.join("qemu-machine");
+    if let Ok(text) = std::fs::read_to_string(&cache)
+        && let Some((k, m)) = text.trim().rsplit_once(' ')
+        && k == key
+    {
+        return if m == "microvm" {
+            Machine::Microvm
+        } else {
+            Machine::Pc
+        };
+    }
+    let has_microvm = std::process::Command::new(qemu)
+        .args(["-machine", "help"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some("microvm"))
+        })
+        .unwrap_or(false);
+    let m = if has_microvm {
+        Machine::Microvm
+    } else {
+        Machine::Pc
+    };
+    let _ = std::fs::write(&cache, format!("{key} {}\n", m.as_str()));
+    m
+}
+
 /// How to start one sandbox VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
+    pub machine: Machine,
     pub accel: Accel,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -42,13 +101,14 @@ const CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init";
 
 /// QEMU's arguments (without the program name) for `config`.
 ///
-/// - `-M pc`: the classic PC with PCI, which every distribution kernel drives with the
-///   virtio-pci modules in the initramfs. KVM uses `-cpu host`; TCG `-cpu max` (every feature
-///   QEMU can emulate).
+/// - `-M microvm` (virtio-mmio devices, no firmware: the fastest boot) or `-M pc` (PCI, SeaBIOS)
+///   for QEMUs without it; the initramfs carries both transports' modules. KVM uses
+///   `-cpu host`; TCG `-cpu max` (every feature QEMU can emulate).
+/// - Guest memory is a shared memfd (virtiofsd maps it): microvm takes it as its
+///   `memory-backend`, pc as a NUMA node.
 /// - `-nodefaults -no-user-config -nographic`: no default devices, no configuration from the
 ///   host's files, no display; nothing on QEMU's stdio.
 /// - `-no-reboot`: a guest reboot, power-off or panic ends QEMU.
-/// - Guest memory is a shared memfd: vhost-user-fs (virtiofsd) maps it.
 /// - Devices: the host share (vhost-user-fs, tag [`SHARE_TAG`]), the disk (virtio-blk,
 ///   writeback cache; `discard=unmap` lets the guest's trims punch holes back into the sparse
 ///   image), the agent's port (virtio-serial, name [`PORT_NAME`]; QEMU listens, does not wait),
@@ -69,9 +129,18 @@ pub fn qemu_args(config: &VmConfig) -> Vec<String> {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
     }
     let mem = config.memory_mib;
-    let args = [
+    let microvm = config.machine == Machine::Microvm;
+    let (machine, bus) = if microvm {
+        (
+            format!("microvm,accel={accel},memory-backend=mem"),
+            "device",
+        )
+    } else {
+        (format!("pc,accel={accel}"), "pci")
+    };
+    let mut args = vec![
         "-M".to_string(),
-        format!("pc,accel={accel}"),
+        machine,
         "-cpu".into(),
         cpu.into(),
         "-smp".into(),
@@ -90,21 +159,19 @@ pub fn qemu_args(config: &VmConfig) -> Vec<String> {
         cmdline,
         "-object".into(),
         format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
-        "-numa".into(),
-        "node,memdev=mem".into(),
         "-chardev".into(),
         format!("socket,id=fs,path={}", option_value(&config.fs_socket)),
         "-device".into(),
-        format!("vhost-user-fs-pci,chardev=fs,tag={SHARE_TAG}"),
+        format!("vhost-user-fs-{bus},chardev=fs,tag={SHARE_TAG}"),
         "-drive".into(),
         format!(
             "file={},format=raw,if=none,id=disk,cache=writeback,discard=unmap",
             option_value(&config.disk)
         ),
         "-device".into(),
-        "virtio-blk-pci,drive=disk".into(),
+        format!("virtio-blk-{bus},drive=disk"),
         "-device".into(),
-        "virtio-serial-pci".into(),
+        format!("virtio-serial-{bus}"),
         "-chardev".into(),
         format!(
             "socket,id=agent,path={},server=on,wait=off",
@@ -115,13 +182,16 @@ pub fn qemu_args(config: &VmConfig) -> Vec<String> {
         "-netdev".into(),
         netdev,
         "-device".into(),
-        "virtio-net-pci,netdev=net0".into(),
+        format!("virtio-net-{bus},netdev=net0"),
         "-chardev".into(),
         format!("file,id=con,path={}", option_value(&config.console_log)),
         "-serial".into(),
         "chardev:con".into(),
     ];
-    args.into()
+    if !microvm {
+        args.extend(["-numa".into(), "node,memdev=mem".into()]);
+    }
+    args
 }
 
 /// A path as a whole argument (`-kernel`, `-initrd` take the rest of the argument verbatim).
@@ -293,6 +363,7 @@ mod tests {
 
     fn config(accel: Accel) -> VmConfig {
         VmConfig {
+            machine: Machine::Pc,
             accel,
             cpus: 2,
             memory_mib: 1024,
@@ -403,6 +474,41 @@ mod tests {
                 devices.contains(&format!("name \"{d}\"")),
                 "{d} missing from {qemu:?}"
             );
+        }
+    }
+
+    #[test]
+    fn microvm_uses_mmio_devices_and_its_memory_backend() {
+        let mut c = config(Accel::Tcg { why: "test".into() });
+        c.machine = Machine::Microvm;
+        let args = qemu_args(&c);
+        assert_eq!(
+            values(&args, "-M"),
+            ["microvm,accel=tcg,memory-backend=mem"]
+        );
+        assert!(values(&args, "-numa").is_empty());
+        let devices = values(&args, "-device");
+        assert!(devices.iter().all(|d| !d.contains("-pci")), "{devices:?}");
+        assert!(devices.contains(&"virtio-blk-device,drive=disk"));
+        // This QEMU has the machine and every device used on it.
+        let qemu = find_qemu().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(machine(&qemu, dir.path()), Machine::Microvm);
+        assert!(dir.path().join("qemu-machine").exists(), "cached");
+        assert_eq!(machine(&qemu, dir.path()), Machine::Microvm);
+        let help = Command::new(&qemu)
+            .args(["-device", "help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        for d in &devices {
+            let name = d.split(',').next().unwrap();
+            if name != "virtserialport" {
+                assert!(
+                    help.contains(&format!("\"{name}\"")),
+                    "{name} unknown to {qemu:?}"
+                );
+            }
         }
     }
 

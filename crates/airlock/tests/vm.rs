@@ -251,6 +251,21 @@ fn a_vm_reaches_nothing_but_the_gate_and_publishes_ports() {
             },
             "the guest's server behind the published port",
         );
+
+        // A supervisor killed outright takes its VM with it, and gc cleans up after it.
+        let state = inspect(&env, &name);
+        let init = state["init_pid"].as_i64().unwrap() as i32;
+        let supervisor = state["supervisor_pid"].as_i64().unwrap() as i32;
+        let vmm = processes_under(init);
+        assert!(vmm.iter().any(|(_, c)| c.starts_with("qemu")), "{vmm:?}");
+        // SAFETY: SIGKILL to the supervisor this test's airlock started (pid from its state).
+        unsafe { libc::kill(supervisor, libc::SIGKILL) };
+        wait_until(
+            || vmm.iter().all(|(p, _)| !alive(*p)) && !alive(init),
+            "the VMM to die with its supervisor",
+        );
+        assert!(env.airlock(&["gc"]).status.success());
+        assert_eq!(inspect(&env, &name)["state"], "stopped");
         assert!(env.airlock(&["rm", "--force", &name]).status.success());
 
         // --docker without the VM tier is a usage error, and nothing is created.
