@@ -638,6 +638,9 @@ pub type JailReady = Box<dyn FnOnce(i32) -> std::result::Result<Box<dyn std::any
 /// files, no capabilities outside it, seccomp, and only the policy gate for a network.
 pub struct Jail {
     pub mounts: JailMounts,
+    /// End the jail when the process that started it dies (a foreground `run`): the detached
+    /// supervisor gets SIGTERM then, and stops the jail as `airlock stop` would.
+    pub die_with_caller: bool,
     /// The jail's main command; the jail stops when it exits.
     pub main: ExecRequest,
     pub ready: JailReady,
@@ -654,9 +657,27 @@ fn start_supervised(store: &Store, spec: &SandboxSpec, jail: Option<Jail>) -> Re
     let log = store.runtime_dir(&spec.name).join("supervisor.log");
     std::fs::create_dir_all(store.runtime_dir(&spec.name))
         .map_err(|e| NsError::path(store.runtime_dir(&spec.name), e))?;
+    // SAFETY: getpid cannot fail.
+    let caller = unsafe { libc::getpid() };
     match namespaces::clone_process(0)? {
         0 => {
             drop(report_r);
+            if jail.as_ref().is_some_and(|j| j.die_with_caller) {
+                // SAFETY: prctl with integer arguments; getppid cannot fail.
+                unsafe {
+                    libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGTERM as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    );
+                    if libc::getppid() != caller {
+                        // The caller died before the death signal was armed.
+                        libc::_exit(1);
+                    }
+                }
+            }
             let code = supervisor_main(store, spec, &seccomp, report_w, &log, jail);
             // SAFETY: ending the forked supervisor.
             unsafe { libc::_exit(code) }

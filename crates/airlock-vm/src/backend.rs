@@ -249,7 +249,9 @@ fn jail_spec(spec: &SandboxSpec) -> SandboxSpec {
     j
 }
 
-fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
+/// Boot the VM under a detached supervisor; with `foreground`, the VM ends when this process
+/// does (`airlock run`), as a namespace sandbox does.
+fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<RuntimeState> {
     let assets = assets(store, spec.docker)?;
     let accel = crate::kvm::probe(&store.paths.runtime);
     if let Accel::Tcg { why } = &accel {
@@ -277,7 +279,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
     // `broker::Publisher`), not by QEMU's forwarding, which only reaches the guest's eth0.
     let forwards = Vec::new();
     let publish = spec.network.publish.clone();
-    let machine = crate::qemu::machine(&assets.qemu, &store.paths.runtime);
+    let machine = crate::qemu::machine(&assets.qemu, &accel, &store.paths.runtime);
     let config = VmConfig {
         machine,
         accel: accel.clone(),
@@ -396,6 +398,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec) -> Result<RuntimeState> {
     });
     let jail = Jail {
         mounts,
+        die_with_caller: foreground,
         main: ExecRequest {
             argv,
             ..Default::default()
@@ -640,7 +643,7 @@ impl Backend for VmBackend {
         store: &Store,
         spec: &SandboxSpec,
     ) -> std::result::Result<RuntimeState, BackendError> {
-        start_vm(store, spec).map_err(tier)
+        start_vm(store, spec, false).map_err(tier)
     }
 
     fn run(
@@ -654,7 +657,7 @@ impl Backend for VmBackend {
             .limits
             .timeout_secs
             .map(|s| Instant::now() + Duration::from_secs_f64(s));
-        let state = start_vm(store, spec).map_err(tier)?;
+        let state = start_vm(store, spec, true).map_err(tier)?;
         on_ready();
         let result = exec_vm(store, spec, req, deadline);
         let stopped = stop_vm(store, spec, &state, Duration::from_secs(10));

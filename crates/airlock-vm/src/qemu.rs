@@ -30,14 +30,22 @@ impl Machine {
     }
 }
 
-/// The machine to use with `qemu`: `AIRLOCK_VM_MACHINE` (`microvm` or `pc`) if set, else
-/// `microvm` when this QEMU has it (asked once per QEMU binary and size, cached in
-/// `runtime_dir`), else `pc`.
-pub fn machine(qemu: &Path, runtime_dir: &Path) -> Machine {
+/// The machine to use with `qemu` on `accel`: `AIRLOCK_VM_MACHINE` (`microvm` or `pc`) if set;
+/// else `microvm` with KVM when this QEMU has it (asked once per QEMU binary and size, cached in
+/// `runtime_dir`); else `pc`.
+///
+/// Not microvm under TCG: it has no HPET and no ACPI PM timer, so without kvmclock a
+/// distribution kernel must calibrate its TSC against the PIT, which under TCG fails about one
+/// boot in six and then hangs in early boot (measured here: 4 hangs in 24 boots, with and without
+/// `pit=on`). The pc machine's HPET gives it a reference and boots every time.
+pub fn machine(qemu: &Path, accel: &Accel, runtime_dir: &Path) -> Machine {
     match std::env::var("AIRLOCK_VM_MACHINE").as_deref() {
         Ok("pc") => return Machine::Pc,
         Ok("microvm") => return Machine::Microvm,
         _ => {}
+    }
+    if !matches!(accel, Accel::Kvm) {
+        return Machine::Pc;
     }
     let size = std::fs::metadata(qemu).map(|m| m.len()).unwrap_or(0);
     let key = format!("{}:{size}", qemu.display());
@@ -101,8 +109,9 @@ const CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init";
 
 /// QEMU's arguments (without the program name) for `config`.
 ///
-/// - `-M microvm` (virtio-mmio devices, no firmware: the fastest boot) or `-M pc` (PCI, SeaBIOS)
-///   for QEMUs without it; the initramfs carries both transports' modules. KVM uses
+/// - `-M microvm` (virtio-mmio devices, no firmware: the fastest boot) with KVM, or `-M pc` (PCI,
+///   SeaBIOS) under TCG and for QEMUs without it (see [`machine`]); the initramfs carries both
+///   transports' modules. KVM uses
 ///   `-cpu host`; TCG `-cpu max` (every feature QEMU can emulate).
 /// - Guest memory is a shared memfd (virtiofsd maps it): microvm takes it as its
 ///   `memory-backend`, pc as a NUMA node.
@@ -493,9 +502,11 @@ mod tests {
         // This QEMU has the machine and every device used on it.
         let qemu = find_qemu().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(machine(&qemu, dir.path()), Machine::Microvm);
+        assert_eq!(machine(&qemu, &Accel::Kvm, dir.path()), Machine::Microvm);
         assert!(dir.path().join("qemu-machine").exists(), "cached");
-        assert_eq!(machine(&qemu, dir.path()), Machine::Microvm);
+        assert_eq!(machine(&qemu, &Accel::Kvm, dir.path()), Machine::Microvm);
+        let tcg = Accel::Tcg { why: "test".into() };
+        assert_eq!(machine(&qemu, &tcg, dir.path()), Machine::Pc);
         let help = Command::new(&qemu)
             .args(["-device", "help"])
             .output()

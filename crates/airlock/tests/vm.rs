@@ -70,6 +70,21 @@ fn a_vm_runs_commands_on_its_own_kernel_with_exit_codes_and_stdio() {
         assert!(stderr(&out).contains("to-stderr"));
         // stdin was /dev/null: `read` hit EOF.
         assert_eq!(lines.next(), Some("got "));
+        // --workspace-mode ro holds in the guest too (it is enforced on the host side).
+        let out = env.airlock(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--workspace-mode",
+            "ro",
+            "--",
+            "sh",
+            "-c",
+            "echo x > README.md || echo refused; cat README.md",
+        ]);
+        assert!(out.status.success(), "[{}] ro", who.label());
+        assert_eq!(stdout(&out), "refused\nhello from the host\n");
         // Nothing left behind by --rm.
         assert!(
             !env.airlock_home.join("sandboxes").exists()

@@ -258,6 +258,12 @@ pub fn build_spec(
         Some(IsolationArg::Vm) => Isolation::Vm,
         None => configured_isolation()?,
     };
+    if opts.ssh_agent && isolation == Isolation::Vm {
+        return Err(fail(
+            exit::USAGE,
+            "--ssh-agent is not available with --isolation vm (a unix socket cannot cross into the guest); use the namespace tier, or a deploy key inside the VM",
+        ));
+    }
     if opts.docker && isolation != Isolation::Vm {
         return Err(fail(
             exit::USAGE,
