@@ -786,7 +786,7 @@ def targets(c: dict) -> list[dict]:
 
     def add(case, what, value, unit, goal, ok):
         t.append({"case": case, "target": what, "value": value, "unit": unit, "goal": goal,
-                  "met": None if value is None else bool(ok)})
+                  "met": None if value is None or ok is None else bool(ok)})
 
     cold = c.get("cold", {})
     if cold.get("available"):

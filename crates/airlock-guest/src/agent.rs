@@ -84,8 +84,9 @@ struct Running {
 enum Channel {
     Exec(Running),
     Upload(Upload),
-    /// A connection to a port on the guest's loopback (a published port).
-    Forward(std::net::TcpStream),
+    /// A connection to a port on the guest's loopback (a published port): the stream, and the
+    /// queue its writer thread takes the host's bytes from.
+    Forward(std::net::TcpStream, SyncSender<Vec<u8>>),
 }
 
 type Channels = Arc<Mutex<HashMap<u32, Channel>>>;
@@ -240,7 +241,7 @@ impl Agent {
                 match channels.get(&channel) {
                     Some(Channel::Exec(running)) => signal_group(running.pid, signal),
                     // The host's end of a forwarded connection went away.
-                    Some(Channel::Forward(stream)) => {
+                    Some(Channel::Forward(stream, _)) => {
                         let _ = stream.shutdown(std::net::Shutdown::Both);
                         channels.remove(&channel);
                     }
@@ -249,12 +250,15 @@ impl Agent {
             }
             Message::Data(data) => {
                 let mut channels = lock(&self.channels);
-                if let Some(Channel::Forward(stream)) = channels.get_mut(&channel) {
-                    if stream.write_all(&data).is_err() {
+                if let Some(Channel::Forward(stream, queue)) = channels.get_mut(&channel) {
+                    // Never block the one reader on a server that does not read: a full queue
+                    // ends that connection instead.
+                    if queue.try_send(data).is_err() {
                         let _ = stream.shutdown(std::net::Shutdown::Both);
                         channels.remove(&channel);
                         drop(channels);
-                        self.out.error(channel, "the connection in the sandbox closed");
+                        self.out
+                            .error(channel, "the connection in the sandbox closed or stalled");
                     }
                     return false;
                 }
@@ -273,9 +277,10 @@ impl Agent {
                     let mut channels = lock(&self.channels);
                     match channels.get(&channel) {
                         Some(Channel::Upload(_)) => channels.remove(&channel),
-                        // The host's side of a forwarded connection is done sending.
-                        Some(Channel::Forward(stream)) => {
-                            let _ = stream.shutdown(std::net::Shutdown::Write);
+                        // The host's side of a forwarded connection is done sending: an empty piece
+                        // tells the writer thread to half-close once the queue is written.
+                        Some(Channel::Forward(_, queue)) => {
+                            let _ = queue.try_send(Vec::new());
                             None
                         }
                         _ => None,
@@ -499,10 +504,25 @@ impl Agent {
                     "nothing accepts connections on port {port} in the sandbox: {e}"
                 ))
             })?;
-        let reader = stream
-            .try_clone()
-            .map_err(|e| GuestError::Refused(format!("port {port}: {e}")))?;
-        lock(&self.channels).insert(channel, Channel::Forward(stream));
+        let clone = || {
+            stream
+                .try_clone()
+                .map_err(|e| GuestError::Refused(format!("port {port}: {e}")))
+        };
+        let (reader, mut writer) = (clone()?, clone()?);
+        let (queue, pieces) = sync_channel::<Vec<u8>>(STDIN_QUEUE);
+        std::thread::spawn(move || {
+            for piece in pieces {
+                if piece.is_empty() {
+                    let _ = writer.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
+                if writer.write_all(&piece).is_err() {
+                    return;
+                }
+            }
+        });
+        lock(&self.channels).insert(channel, Channel::Forward(stream, queue));
         self.out.send(channel, Message::Connected);
         let out = self.out.clone();
         let channels = self.channels.clone();
@@ -517,7 +537,7 @@ impl Agent {
             }
             out.send(channel, Message::Done);
             let channels = lock(&channels);
-            if let Some(Channel::Forward(s)) = channels.get(&channel) {
+            if let Some(Channel::Forward(s, _)) = channels.get(&channel) {
                 let _ = s.shutdown(std::net::Shutdown::Read);
             }
             // The host closes its end once it has seen Done; its Signal removes the channel.

@@ -588,6 +588,21 @@ impl MountPlan {
         for d in &self.system_dirs {
             rbind(&r.join(d), &share.join(d))?;
         }
+        // The sandbox's private /var/tmp, /var/log… are in-memory and the guest has its own (on
+        // its disk): show empty read-only directories there instead, so nothing the guest writes
+        // lands in the jail's memory.
+        for d in &self.private_dirs {
+            let target = under(share, d);
+            if target.is_dir() {
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    Some("mode=0755,size=4k"),
+                )?;
+            }
+        }
         for (name, target) in &self.root_symlinks {
             symlink(target, &share.join(name))?;
         }

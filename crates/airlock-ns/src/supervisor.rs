@@ -750,7 +750,13 @@ fn supervisor_main(
             return 1;
         }
     };
-    let enforcement = enforcement(store, spec);
+    let mut enforcement = enforcement(store, spec);
+    if jail.is_some() && enforcement.cgroup.is_none() {
+        // A VMM reserves far more address space than it uses (QEMU's TCG translation cache alone
+        // reserves 1 GiB): an address-space rlimit standing in for a memory cgroup would stop it
+        // from starting. The guest's RAM size still bounds the guest.
+        enforcement.rlimits.address_space = None;
+    }
     let (main, mounts, ready) = match jail {
         Some(j) => {
             let workdir = j

@@ -47,6 +47,15 @@ const GUEST_ADDRESS: &str = "10.0.2.15/24";
 const GUEST_GATEWAY: &str = "10.0.2.2";
 const GUEST_RESOLVER: &str = "10.0.2.3";
 
+/// What QEMU itself may use on top of the guest's RAM (device state, TCG's translated code),
+/// plus what the guest may write into the jail's in-memory layers.
+const VMM_OVERHEAD_BYTES: u64 = 1 << 30;
+/// How long after `--timeout` the jail itself is killed, if the client did not end it first.
+const TIMEOUT_BACKSTOP_SECS: f64 = 10.0;
+
+/// How much of the guest's console Airlock keeps (the rest is read and dropped).
+const CONSOLE_LOG_BYTES: u64 = 1 << 20;
+
 /// Default guest memory and disk size when the sandbox sets none.
 const DEFAULT_MEMORY_MIB: u64 = 2048;
 const DEFAULT_DISK_BYTES: u64 = 16 << 30;
@@ -234,23 +243,26 @@ fn memory_mib_of(spec: &SandboxSpec) -> u64 {
 }
 
 /// The jail that runs the VMM: the sandbox's own spec (network, workspace, user), with limits
-/// meant for the guest turned into limits for the VMM. `--memory` is the guest's RAM, which
-/// bounds it; the jail gets no memory limit of its own, because where cgroups are unavailable
-/// (rootless on cgroup v1) the fallback is an address-space rlimit, and QEMU reserves far more
-/// address space than it uses (TCG's translation cache alone reserves 1 GiB).
-fn jail_spec(spec: &SandboxSpec) -> SandboxSpec {
+/// meant for the guest turned into limits for the VMM. `--memory` is the guest's RAM; the jail's
+/// memory cgroup gets that plus QEMU's own overhead, and also bounds what the guest writes into
+/// the jail's in-memory layers through the file server. Where no cgroup can be had (rootless on
+/// cgroup v1) the jail gets no address-space rlimit instead (see `supervisor::start_jail`).
+fn jail_spec(spec: &SandboxSpec, memory_mib: u64) -> SandboxSpec {
     let mut j = spec.clone();
     // The VM's published ports are served by its broker, not by the jail's publisher.
     j.network.publish.clear();
-    j.limits.memory_bytes = None;
+    // A socket cannot cross into the guest (`--ssh-agent` is refused for VMs; never give it to
+    // the VMM).
+    j.ssh_agent = false;
+    j.limits.memory_bytes = Some((memory_mib << 20) + VMM_OVERHEAD_BYTES);
     // QEMU's and virtiofsd's threads count as tasks; the guest's processes do not.
     j.limits.pids = Some(1024);
-    j.limits.timeout_secs = None;
+    // The timeout is the client's to enforce (exit code 124); the jail's is a backstop, and the
+    // only one for a detached `start --timeout`.
+    j.limits.timeout_secs = spec.limits.timeout_secs.map(|t| t + TIMEOUT_BACKSTOP_SECS);
     j
 }
 
-/// Boot the VM under a detached supervisor; with `foreground`, the VM ends when this process
-/// does (`airlock run`), as a namespace sandbox does.
 fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<RuntimeState> {
     let assets = assets(store, spec.docker)?;
     let accel = crate::kvm::probe(&store.paths.runtime);
@@ -290,7 +302,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
         disk: PathBuf::from(JAIL_DISK),
         fs_socket: inside("fs.sock"),
         agent_socket: inside("agent.sock"),
-        console_log: inside("console.log"),
+        console_pipe: inside("console"),
         forwards,
         cmdline_extra: String::new(),
     };
@@ -305,8 +317,13 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
         format!("{JAIL_BIN}/qemu-system-x86_64")
     };
     let virtiofsd_bin = format!("{JAIL_BIN}/virtiofsd");
+    // The guest's console goes through a FIFO: the first MiB is kept in console.log (enough for
+    // any boot; unbuffered, so it is there while the guest runs), the rest is drained away, so a guest writing to its console without end cannot
+    // fill the host's runtime directory.
     let script = format!(
         "exec >>{log} 2>&1\n\
+         mkfifo {con_in} {con_out} || exit 125\n\
+         {{ stdbuf -o0 head -c {CONSOLE_LOG_BYTES} >{con_log}; exec cat >/dev/null; }} <>{con_out} &\n\
          {virtiofsd} \"$@\" &\n\
          i=0\n\
          while [ ! -S {fs} ]; do\n\
@@ -315,6 +332,9 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
          done\n\
          exec {qemu} {qargs}\n",
         log = sh_quote(&inside("vmm.log").display().to_string()),
+        con_in = sh_quote(&inside("console.in").display().to_string()),
+        con_out = sh_quote(&inside("console.out").display().to_string()),
+        con_log = sh_quote(&inside("console.log").display().to_string()),
         virtiofsd = sh_quote(&virtiofsd_bin),
         fs = sh_quote(&inside("fs.sock").display().to_string()),
         qemu = sh_quote(&qemu_bin),
@@ -405,7 +425,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
         },
         ready,
     };
-    let mut state = airlock_ns::supervisor::start_jail(store, &jail_spec(spec), jail)
+    let mut state = airlock_ns::supervisor::start_jail(store, &jail_spec(spec, memory_mib), jail)
         .map_err(|e| VmError::Setup(e.to_string()))?;
     state.vm = Some(format!(
         "QEMU {} ({}), {cpus} vCPU, {memory_mib} MiB, guest kernel {}",
@@ -439,12 +459,46 @@ fn winsize(fd: i32) -> Option<WinSize> {
     }
 }
 
-/// Run `req` in the guest with our stdio; returns its exit code (124 on `deadline`).
+/// Run `req` in the guest with our stdio; returns its exit code (124 on `deadline`). A host
+/// executable copied in for the occasion is deleted afterwards.
 fn exec_vm(
     store: &Store,
     spec: &SandboxSpec,
     req: &ExecRequest,
     deadline: Option<Instant>,
+) -> Result<i32> {
+    let copied = req
+        .host_executable
+        .as_ref()
+        .map(|_| format!("/run/airlock-exe-{}", std::process::id()));
+    let result = exec_vm_inner(store, spec, req, deadline, copied.as_deref());
+    if let Some(path) = copied
+        && let Ok(mut c) = Client::connect(&control_socket(store, &spec.name))
+    {
+        let _ = c.send(Message::Exec(Exec {
+            argv: vec!["rm".into(), "-f".into(), path],
+            env: vec![("PATH".into(), airlock_ns::process::DEFAULT_PATH.into())],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            tty: None,
+        }));
+        let _ = c.set_timeout(Some(Duration::from_secs(10)));
+        while let Ok(Some(m)) = c.recv() {
+            if matches!(m, Message::Exited { .. } | Message::Error(_)) {
+                break;
+            }
+        }
+    }
+    result
+}
+
+fn exec_vm_inner(
+    store: &Store,
+    spec: &SandboxSpec,
+    req: &ExecRequest,
+    deadline: Option<Instant>,
+    copied: Option<&str>,
 ) -> Result<i32> {
     let mut client = Client::connect(&control_socket(store, &spec.name))?;
     let mut argv: Vec<String> = if req.argv.is_empty() {
@@ -452,11 +506,10 @@ fn exec_vm(
     } else {
         req.argv.clone()
     };
-    if let Some(exe) = &req.host_executable {
+    if let (Some(exe), Some(path)) = (&req.host_executable, copied) {
         let data = std::fs::read(exe).map_err(VmError::io_path(exe))?;
-        let path = format!("/run/airlock-exe-{}", std::process::id());
-        client.write_file(&path, 0o755, &data)?;
-        argv[0] = path;
+        client.write_file(path, 0o755, &data)?;
+        argv[0] = path.to_string();
     }
     let tty = if req.tty { winsize(0) } else { None };
     let env = airlock_ns::process::sandbox_env(spec, &req.env, tty.is_some())

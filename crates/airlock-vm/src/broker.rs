@@ -22,8 +22,6 @@ use airlock_vm_proto::{CONTROL, Frame, Message, Setup, VERSION, check_hello};
 
 use crate::error::{Result, VmError};
 
-type Writers = Arc<Mutex<HashMap<u32, UnixStream>>>;
-
 /// A running broker; dropping it removes the control socket.
 pub struct Broker {
     control: PathBuf,
@@ -37,22 +35,45 @@ impl Drop for Broker {
     }
 }
 
-/// Why a boot failed, with the last lines of the VMM's and the guest console's logs.
+/// Why a boot failed, with the last lines of the VMM's and the guest console's logs. The logs
+/// live in a directory the jail can write: open them without following links or blocking (a
+/// planted FIFO or symlink must not hang or mislead the supervisor), and read only their tail.
 pub fn boot_failure(e: &VmError, logs: &[&Path]) -> String {
     let mut msg = e.to_string();
     for log in logs {
-        if let Ok(text) = std::fs::read_to_string(log) {
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            if !lines.is_empty() {
-                msg.push_str(&format!("\n--- last lines of {}:", log.display()));
-                for l in &lines[lines.len().saturating_sub(12)..] {
-                    msg.push_str("\n  ");
-                    msg.push_str(l);
-                }
+        let Some(text) = log_tail(log, 16 << 10) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !lines.is_empty() {
+            msg.push_str(&format!("\n--- last lines of {}:", log.display()));
+            for l in &lines[lines.len().saturating_sub(12)..] {
+                msg.push_str("\n  ");
+                msg.push_str(l);
             }
         }
     }
     msg
+}
+
+/// The last `max` bytes of a regular file, as text.
+fn log_tail(path: &Path, max: u64) -> Option<String> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    f.seek(SeekFrom::Start(meta.len().saturating_sub(max)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 impl Broker {
@@ -160,13 +181,13 @@ impl Broker {
         let listener = UnixListener::bind(control).map_err(VmError::io_path(control))?;
         std::fs::set_permissions(control, std::fs::Permissions::from_mode(0o600))
             .map_err(VmError::io_path(control))?;
-        let writers: Writers = Arc::new(Mutex::new(HashMap::new()));
+        let clients: Clients = Arc::new(Mutex::new(Some(HashMap::new())));
         let to_guest = Arc::new(Mutex::new(BufWriter::new(w)));
         {
-            let writers = writers.clone();
-            std::thread::spawn(move || relay_from_guest(r, writers));
+            let clients = clients.clone();
+            std::thread::spawn(move || relay_from_guest(r, clients));
         }
-        std::thread::spawn(move || accept_clients(listener, to_guest, writers));
+        std::thread::spawn(move || accept_clients(listener, to_guest, clients));
         Ok(Broker {
             control: control.to_path_buf(),
             guest_kernel,
@@ -174,40 +195,89 @@ impl Broker {
     }
 }
 
-/// Frames from the guest go to the client that owns their channel.
-fn relay_from_guest(mut r: BufReader<UnixStream>, writers: Writers) {
+/// How many bytes of guest output may wait for one client before it is cut off. The protocol has
+/// no flow control, so a client that stops reading (a stalled pipe, or anyone connected to a
+/// published port who never reads) must not stall the guest channel that every other client
+/// shares: past this, its channel is closed (and its command killed).
+const CLIENT_BACKLOG_BYTES: usize = 64 << 20;
+
+/// One client's outbox: frames from the guest, written to its socket by a thread of its own.
+struct Outbox {
+    tx: std::sync::mpsc::Sender<Frame>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The clients, by channel; `None` once the guest is gone (no new client is served).
+type Clients = Arc<Mutex<Option<HashMap<u32, Outbox>>>>;
+
+fn frame_bytes(m: &Message) -> usize {
+    match m {
+        Message::Stdout(d) | Message::Stderr(d) | Message::Data(d) => d.len() + 16,
+        _ => 64,
+    }
+}
+
+/// Frames from the guest go to the outbox of the client that owns their channel. Frames for a
+/// channel nobody owns (stale answers after a reconnect, or a guest making things up) are dropped;
+/// a malformed frame means the stream is out of step: the guest is treated as gone.
+fn relay_from_guest(mut r: BufReader<UnixStream>, clients: Clients) {
     while let Ok(Some(frame)) = Frame::read_from(&mut r) {
-        let mut map = writers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = map.get_mut(&frame.channel) {
-            let client_frame = Frame::new(CONTROL, frame.message);
-            if client_frame.write_to(client).is_err() {
-                map.remove(&frame.channel);
-            }
+        let mut guard = clients.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(map) = guard.as_mut() else { break };
+        let Some(out) = map.get(&frame.channel) else {
+            continue;
+        };
+        let size = frame_bytes(&frame.message);
+        let backlog = out.queued.fetch_add(size, Ordering::Relaxed) + size;
+        let to_client = Frame::new(CONTROL, frame.message);
+        if backlog > CLIENT_BACKLOG_BYTES || out.tx.send(to_client).is_err() {
+            // Dropping the outbox ends its writer thread, which closes the client's socket.
+            map.remove(&frame.channel);
         }
     }
-    // The guest is gone: every client learns it from the end of its stream.
-    let mut map = writers.lock().unwrap_or_else(|e| e.into_inner());
-    for (_, c) in map.drain() {
-        let _ = c.shutdown(std::net::Shutdown::Both);
-    }
+    // The guest is gone: every client learns it from the end of its stream, new ones at once.
+    clients.lock().unwrap_or_else(|e| e.into_inner()).take();
 }
 
 fn accept_clients(
     listener: UnixListener,
     to_guest: Arc<Mutex<BufWriter<UnixStream>>>,
-    writers: Writers,
+    clients: Clients,
 ) {
     let next = Arc::new(AtomicU32::new(1));
     for client in listener.incoming().flatten() {
         let channel = next.fetch_add(1, Ordering::Relaxed).max(1);
-        let Ok(w) = client.try_clone() else { continue };
-        writers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(channel, w);
+        let Ok(mut w) = client.try_clone() else {
+            continue;
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<Frame>();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        {
+            let mut guard = clients.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(map) = guard.as_mut() else {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                continue;
+            };
+            map.insert(
+                channel,
+                Outbox {
+                    tx,
+                    queued: queued.clone(),
+                },
+            );
+        }
+        std::thread::spawn(move || {
+            for f in rx {
+                queued.fetch_sub(frame_bytes(&f.message), Ordering::Relaxed);
+                if f.write_to(&mut w).is_err() {
+                    break;
+                }
+            }
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        });
         let to_guest = to_guest.clone();
-        let writers = writers.clone();
-        std::thread::spawn(move || serve_client(client, channel, to_guest, writers));
+        let clients = clients.clone();
+        std::thread::spawn(move || serve_client(client, channel, to_guest, clients));
     }
 }
 
@@ -217,7 +287,7 @@ fn serve_client(
     client: UnixStream,
     channel: u32,
     to_guest: Arc<Mutex<BufWriter<UnixStream>>>,
-    writers: Writers,
+    clients: Clients,
 ) {
     let mut r = BufReader::new(client);
     let send = |m: Message| -> bool {
@@ -233,12 +303,13 @@ fn serve_client(
             break;
         }
     }
-    let still_open = writers
+    let had_channel = clients
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&channel)
+        .as_mut()
+        .and_then(|m| m.remove(&channel))
         .is_some();
-    if still_open {
+    if had_channel {
         send(Message::Signal(libc::SIGKILL));
     }
 }

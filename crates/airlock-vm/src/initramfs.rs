@@ -94,11 +94,40 @@ pub fn cached(
     let hash = airlock_core::units::fnv1a(key);
     let path = cache_dir.join(format!("initramfs-{}-{hash:016x}.cpio", kernel.version));
     if path.is_file() {
+        // Mark it used, for `prune`.
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         return Ok(path);
     }
     std::fs::create_dir_all(cache_dir).map_err(VmError::io_path(cache_dir))?;
     write_atomically(&path, |w| write_archive(w, &agent_bytes, &plan))?;
     Ok(path)
+}
+
+/// Delete cached images but the `keep` most recently used (a new agent or kernel makes new ones;
+/// `airlock gc` calls this). A running VM keeps its image through its bind mount. Returns what
+/// was removed.
+pub fn prune(cache_dir: &Path, keep: usize) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(cache_dir) else {
+        return Vec::new();
+    };
+    let mut images: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("initramfs-") && n.ends_with(".cpio")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    images.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+    images
+        .into_iter()
+        .skip(keep)
+        .filter(|(_, p)| std::fs::remove_file(p).is_ok())
+        .map(|(_, p)| p)
+        .collect()
 }
 
 fn read_agent(agent: &Path) -> Result<Vec<u8>> {
@@ -394,6 +423,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// Put the v1 agent back at `path` (the cache key is the content).
+    fn agent_v1(path: &Path) -> PathBuf {
+        std::fs::write(path, b"agent v1").unwrap();
+        path.to_path_buf()
+    }
+
     #[test]
     fn cached_builds_once_per_agent_and_module_set() {
         let kernel = GuestKernel::find(None).unwrap();
@@ -435,6 +470,18 @@ pub(crate) mod tests {
         let new_agent = cached(&cache, &agent, &kernel, false).unwrap();
         assert_ne!(new_agent, first);
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3);
+
+        // Using the first image again makes it recent: pruning to two keeps it and the newest,
+        // and removes the docker image, the least recently used.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            cached(&cache, &agent_v1(&agent), &kernel, false).unwrap(),
+            first
+        );
+        std::fs::write(&agent, b"agent v2").unwrap();
+        let removed = prune(&cache, 2);
+        assert_eq!(removed, vec![docker.clone()]);
+        assert!(first.exists() && new_agent.exists() && !docker.exists());
 
         let msg = cached(&cache, &dir.path().join("missing"), &kernel, false)
             .unwrap_err()

@@ -95,8 +95,9 @@ pub struct VmConfig {
     pub fs_socket: PathBuf,
     /// The agent channel's socket; QEMU creates it and the host connects.
     pub agent_socket: PathBuf,
-    /// Where the guest's serial console is written.
-    pub console_log: PathBuf,
+    /// The guest's serial console: the base path of a FIFO pair (`PATH.in`, `PATH.out`) that
+    /// the jail drains into a capped log, so a guest cannot fill the host's runtime directory.
+    pub console_pipe: PathBuf,
     /// Published ports: (port on the host's 127.0.0.1, port in the guest), TCP.
     pub forwards: Vec<(u16, u16)>,
     /// Appended to the kernel command line.
@@ -121,8 +122,8 @@ const CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init";
 /// - Devices: the host share (vhost-user-fs, tag [`SHARE_TAG`]), the disk (virtio-blk,
 ///   writeback cache; `discard=unmap` lets the guest's trims punch holes back into the sparse
 ///   image), the agent's port (virtio-serial, name [`PORT_NAME`]; QEMU listens, does not wait),
-///   user-mode networking with the published ports on 127.0.0.1 only, and the serial console
-///   into a file.
+///   user-mode networking, and the serial console into a FIFO pair that the jail drains into a
+///   capped log.
 pub fn qemu_args(config: &VmConfig) -> Vec<String> {
     let (accel, cpu) = match config.accel {
         Accel::Kvm => ("kvm", "host"),
@@ -193,7 +194,7 @@ pub fn qemu_args(config: &VmConfig) -> Vec<String> {
         "-device".into(),
         format!("virtio-net-{bus},netdev=net0"),
         "-chardev".into(),
-        format!("file,id=con,path={}", option_value(&config.console_log)),
+        format!("pipe,id=con,path={}", option_value(&config.console_pipe)),
         "-serial".into(),
         "chardev:con".into(),
     ];
@@ -381,7 +382,7 @@ mod tests {
             disk: "/data/sb/disk,1.img".into(),
             fs_socket: "/run/sb/fs.sock".into(),
             agent_socket: "/run/sb/agent.sock".into(),
-            console_log: "/run/sb/console.log".into(),
+            console_pipe: "/run/sb/console".into(),
             forwards: vec![(8080, 5173), (5432, 5432)],
             cmdline_extra: "airlock.debug=1".into(),
         }
@@ -424,7 +425,7 @@ mod tests {
             [
                 "socket,id=fs,path=/run/sb/fs.sock",
                 "socket,id=agent,path=/run/sb/agent.sock,server=on,wait=off",
-                "file,id=con,path=/run/sb/console.log",
+                "pipe,id=con,path=/run/sb/console",
             ]
         );
         assert_eq!(

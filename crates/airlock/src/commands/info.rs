@@ -285,6 +285,10 @@ pub fn gc(json: bool) -> Result<i32, Failure> {
             ));
         }
     }
+    // Guest images of the microVM tier that no longer match the agent or kernel.
+    for img in airlock_vm::initramfs::prune(&store.paths.data.join("cache").join("vm"), 2) {
+        removed.push(format!("unused guest image {}", img.display()));
+    }
     for stale in store.stale_entries() {
         if remove_tree(&stale).is_ok() {
             removed.push(format!("leftover {}", stale.display()));
