@@ -493,16 +493,7 @@ impl MountPlan {
             }
         }
         for d in self.masked_dirs.iter().chain(&self.hidden_state) {
-            let target = under(r, d);
-            if target.is_dir() {
-                mount(
-                    Some("tmpfs"),
-                    &target,
-                    Some("tmpfs"),
-                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    Some("mode=0755,size=4k"),
-                )?;
-            }
+            mask_dir(&under(r, d))?;
         }
         for d in &self.private_dirs {
             let target = under(r, d);
@@ -552,6 +543,20 @@ impl MountPlan {
     }
 }
 
+/// Hide a directory (if it exists) under an empty, read-only, tiny tmpfs.
+fn mask_dir(target: &Path) -> Result<()> {
+    if target.is_dir() {
+        mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=0755,size=4k"),
+        )?;
+    }
+    Ok(())
+}
+
 impl MountPlan {
     /// See [`MountPlan::share_tree`]. Runs after the masks: recursive binds carry them along.
     fn build_share_tree(&self, share: &Path) -> Result<()> {
@@ -592,16 +597,7 @@ impl MountPlan {
         // its disk): show empty read-only directories there instead, so nothing the guest writes
         // lands in the jail's memory.
         for d in &self.private_dirs {
-            let target = under(share, d);
-            if target.is_dir() {
-                mount(
-                    Some("tmpfs"),
-                    &target,
-                    Some("tmpfs"),
-                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    Some("mode=0755,size=4k"),
-                )?;
-            }
+            mask_dir(&under(share, d))?;
         }
         for (name, target) in &self.root_symlinks {
             symlink(target, &share.join(name))?;
