@@ -25,6 +25,9 @@ pub struct ExecRequest {
     /// Run this host executable (opened by the backend, executed by fd: it need not be visible
     /// inside). Used to run Airlock's own probe in a sandbox.
     pub host_executable: Option<PathBuf>,
+    /// Run as root inside (`exec --root`): in a VM, the guest's root (install packages into the
+    /// sandbox's own disk); in the namespace tier only where it is root already.
+    pub as_root: bool,
 }
 
 /// How a foreground `run` ended.

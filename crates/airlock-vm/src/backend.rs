@@ -531,8 +531,8 @@ fn exec_vm_inner(
         argv,
         env,
         cwd: String::from_utf8_lossy(cwd.as_os_str().as_bytes()).into_owned(),
-        uid: spec.user.uid,
-        gid: spec.user.gid,
+        uid: if req.as_root { 0 } else { spec.user.uid },
+        gid: if req.as_root { 0 } else { spec.user.gid },
         tty,
     }))?;
     match client.recv()? {

@@ -81,7 +81,8 @@ expired, 125 when Airlock itself failed before the command ran.")]
     #[command(after_help = "Examples:
   airlock exec dev -- npm test
   airlock exec -t dev -- htop
-  airlock exec -e DEBUG=1 -w /tmp dev -- ls")]
+  airlock exec -e DEBUG=1 -w /tmp dev -- ls
+  airlock exec --root vmdev -- apt-get install -y jq   # a VM sandbox's own disk")]
     Exec(ExecArgs),
 
     /// Open an interactive login shell in a sandbox
@@ -341,6 +342,12 @@ pub struct ExecArgs {
     /// Working directory inside [default: the workspace]
     #[arg(long = "workdir", short = 'w', value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+
+    /// Run as root inside: for a VM sandbox, the guest's root, e.g. to `apt-get install` into
+    /// the sandbox's own disk (the host is never touched). In the namespace tier only when
+    /// Airlock itself runs as root (a rootless sandbox has no root to give)
+    #[arg(long)]
+    pub root: bool,
 
     pub name: String,
 

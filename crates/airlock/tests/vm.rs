@@ -129,6 +129,21 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
             "diff shows the new file"
         );
 
+        // The guest's root can install into the system directories: the write lands on the
+        // sandbox's disk, never on the host.
+        let out = env.airlock(&[
+            "exec",
+            "--root",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "id -u && echo installed > /usr/local/share/airlock-vm-test",
+        ]);
+        assert!(out.status.success(), "[{}] exec --root", who.label());
+        assert_eq!(stdout(&out), "0\n");
+        assert!(!std::path::Path::new("/usr/local/share/airlock-vm-test").exists());
+
         // The guest's disk and the workspace layer survive a stop/start.
         assert!(env.airlock(&["stop", &name]).status.success());
         assert_eq!(inspect(&env, &name)["state"], "stopped");
@@ -138,10 +153,10 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
             "--",
             "sh",
             "-c",
-            "cat made-in-vm.txt ~/.cache/x",
+            "cat made-in-vm.txt ~/.cache/x /usr/local/share/airlock-vm-test",
         ]);
         assert!(out.status.success(), "[{}] exec after stop", who.label());
-        assert_eq!(stdout(&out), "new\nwarm\n");
+        assert_eq!(stdout(&out), "new\nwarm\ninstalled\n");
 
         // The audit probe runs inside the guest (a host binary copied in through the agent).
         let out = env.airlock(&[
@@ -282,6 +297,18 @@ fn a_vm_reaches_nothing_but_the_gate_and_publishes_ports() {
         assert!(env.airlock(&["gc"]).status.success());
         assert_eq!(inspect(&env, &name)["state"], "stopped");
         assert!(env.airlock(&["rm", "--force", &name]).status.success());
+
+        // exec --root in a namespace sandbox: a no-op for root, refused rootless (no root to give).
+        let ns = unique("ns");
+        assert!(env.airlock(&["create", "--name", &ns]).status.success());
+        let out = env.airlock(&["exec", "--root", &ns, "--", "id", "-u"]);
+        if who.is_root() {
+            assert_eq!(stdout(&out), "0\n");
+        } else {
+            assert_eq!(out.status.code(), Some(2));
+            assert!(stderr(&out).contains("--isolation vm"), "{}", stderr(&out));
+        }
+        assert!(env.airlock(&["rm", "--force", &ns]).status.success());
 
         // --docker without the VM tier is a usage error, and nothing is created.
         let out = env.airlock(&[

@@ -573,11 +573,21 @@ pub fn exec(a: ExecArgs) -> Result<i32, Failure> {
             spec.workspace.join(w)
         }
     });
+    if a.root && spec.isolation == Isolation::Namespace && spec.user.uid != 0 {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "exec --root: sandbox {} is a rootless namespace sandbox, which has no root to give (the host's ids cannot be mapped); use a VM sandbox (--isolation vm) to install system packages",
+                spec.name
+            ),
+        ));
+    }
     let req = ExecRequest {
         argv: a.command,
         env,
         workdir,
         tty: a.tty,
+        as_root: a.root,
         ..Default::default()
     };
     exec_request(&store, &spec, &req)
