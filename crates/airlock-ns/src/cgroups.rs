@@ -248,12 +248,20 @@ pub fn create(h: &Hierarchy, scope: &Path, name: &str, limits: &Limits) -> Place
 }
 
 impl Cgroup {
-    /// Move `pid` into the sandbox's cgroup.
-    pub fn attach(&self, pid: i32) -> Result<()> {
-        for d in &self.dirs {
-            write(&d.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
+    /// Open the sandbox's `cgroup.procs` files for [`join_self`], before the sandbox's first
+    /// process exists: the kernel checks the permission to migrate with the credentials of the
+    /// opener (the supervisor), so the child may use them from inside its new user namespace.
+    pub fn open_procs(&self) -> Result<Vec<std::fs::File>> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                let p = d.join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .map_err(|e| NsError::path(&p, e))
+            })
+            .collect()
     }
 
     /// Peak or current memory use, for `inspect`.
@@ -264,6 +272,23 @@ impl Cgroup {
                 .find_map(|f| std::fs::read_to_string(d.join(f)).ok()?.trim().parse().ok())
         })
     }
+}
+
+/// Move the calling process into the cgroups whose `cgroup.procs` files are open on `fds`
+/// (from [`Cgroup::open_procs`]). A process moving itself ("0") is ~0.05 ms; a supervisor moving
+/// another process takes the cgroup thread-group lock for writing, which waits for an RCU grace
+/// period (~8 ms measured here on cgroup v1): the largest single cost of a cold start, until now.
+pub fn join_self(fds: &[std::os::fd::RawFd]) -> std::result::Result<(), String> {
+    for &fd in fds {
+        // SAFETY: writing one byte from a static buffer to a descriptor we own.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(format!(
+                "joining the sandbox's cgroup: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Kill what is left in the sandbox's cgroups (only processes inside them, by pid) and remove them.

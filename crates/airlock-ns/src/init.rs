@@ -44,6 +44,7 @@ fn exit(code: i32) -> ! {
 pub fn run(
     sock: RawFd,
     ports: RawFd,
+    cgroup_procs: &[RawFd],
     plan: &MountPlan,
     hostname: &str,
     seccomp: &SeccompProgram,
@@ -64,7 +65,10 @@ pub fn run(
             exit(1);
         }
     }
-    if let Err(msg) = setup(plan, hostname, sock) {
+    // Into the sandbox's cgroup before anything else runs here (see `cgroups::join_self`).
+    if let Err(msg) =
+        crate::cgroups::join_self(cgroup_procs).and_then(|()| setup(plan, hostname, sock))
+    {
         let mut m = vec![MSG_ERROR];
         m.extend_from_slice(msg.as_bytes());
         send(sock, &m);
@@ -134,8 +138,8 @@ fn setup(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
     airlock_core::startup::trace("init: network sockets handed over");
     plan.apply().map_err(|e| e.to_string())?;
     airlock_core::startup::trace("init: filesystem built");
-    // The supervisor moves us into the sandbox's cgroup while we build the filesystem; once we
-    // are in it, a new cgroup namespace makes it our root.
+    // We joined the sandbox's cgroup first thing; once the supervisor confirms the sandbox is
+    // set up on its side, a new cgroup namespace makes that cgroup our root.
     let mut msg = [0u8; 1];
     // SAFETY: reading one byte into a local buffer; unshare with a flag.
     unsafe {

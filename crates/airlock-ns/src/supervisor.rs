@@ -247,15 +247,22 @@ fn boot_inner(
     };
     let (parent_sock, child_sock) = seqpacket_pair()?;
     let (ports_sock, ports_child) = seqpacket_pair()?;
+    // The child moves itself into its cgroup through these (opened here, with our credentials).
+    let cgroup_procs = match &enforcement.cgroup {
+        Some(cg) => cg.open_procs()?,
+        None => Vec::new(),
+    };
     airlock_core::startup::trace("boot: plan ready, cloning");
 
     let pid = match namespaces::clone_process(SANDBOX_CLONE_FLAGS) {
         Ok(0) => {
             drop(parent_sock);
             drop(ports_sock);
+            let procs: Vec<RawFd> = cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
             init::run(
                 child_sock.as_raw_fd(),
                 ports_child.as_raw_fd(),
+                &procs,
                 &plan,
                 &spec.name,
                 seccomp,
@@ -272,6 +279,7 @@ fn boot_inner(
     };
     drop(child_sock);
     drop(ports_child);
+    drop(cgroup_procs);
     let fail = |e: NsError| {
         // SAFETY: killing and reaping the child we just created.
         unsafe {
@@ -287,13 +295,8 @@ fn boot_inner(
         return Err(fail(e));
     }
     let send_byte = |b: u8| init::send(parent_sock.as_raw_fd(), &[b]);
-    // The child builds its filesystem while we move it into its cgroup (slow on cgroup v1).
+    // The child joins its cgroup itself, first thing after GO (see `cgroups::join_self`).
     send_byte(MSG_GO);
-    if let Some(cg) = &enforcement.cgroup
-        && let Err(e) = cg.attach(pid)
-    {
-        return Err(fail(e));
-    }
     send_byte(MSG_IN_CGROUP);
     airlock_core::startup::trace("boot: maps written, in cgroup");
     // First the network sockets (or an early error), then "ready" (or the error).
