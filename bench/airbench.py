@@ -1053,11 +1053,15 @@ def main():
         os.makedirs(a.out, exist_ok=True)
         stamp = datetime.datetime.now().strftime("%Y-%m-%d")
         suffix = "-quick" if q else ""
+        if want:
+            # A partial run must not replace a full one: its own file, and latest.json untouched.
+            suffix += "-only-" + "-".join(sorted(want))
         p = os.path.join(a.out, f"{stamp}-{m['host']}{suffix}.json")
-        for path in (p, os.path.join(a.out, "latest.json")):
+        paths = [p] if want else [p, os.path.join(a.out, "latest.json")]
+        for path in paths:
             with open(path, "w") as f:
                 json.dump(doc, f, indent=1)
-        print(f"wrote {p} and {os.path.join(a.out, 'latest.json')}")
+        print("wrote " + " and ".join(paths))
     sys.exit(1 if any("error" in v for v in results.values()) else 0)
 
 
