@@ -390,3 +390,43 @@ fn docker_runs_inside_the_vm_on_its_own_daemon() {
         assert!(so.contains(&format!("daemon-kernel {guest}")), "{so}");
     }
 }
+
+#[test]
+fn doctor_reports_both_tiers_and_the_accelerator_decision() {
+    for who in everyone() {
+        let env = vm_env(&who);
+        let out = env.airlock(&["doctor", "--json"]);
+        assert!(out.status.success(), "[{}] doctor", who.label());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["namespace_tier"], true, "{report}");
+        assert_eq!(report["vm_tier"], true, "{report}");
+        let accel = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "vm accelerator")
+            .expect("an accelerator check")
+            .clone();
+        // KVM, or TCG with the reason why not.
+        match accel["status"].as_str() {
+            Some("ok") => assert_eq!(accel["detail"], "KVM"),
+            Some("degraded") => {
+                assert!(accel["detail"].as_str().unwrap().contains("TCG"), "{accel}")
+            }
+            other => panic!("unexpected accelerator status {other:?}"),
+        }
+        // Without a guest agent the VM tier is reported missing, with what to do.
+        let mut bare = Env::new(&who);
+        bare.extra_env.push((
+            "AIRLOCK_GUEST_AGENT".into(),
+            "/nonexistent/airlock-guest".into(),
+        ));
+        let out = bare.airlock(&["doctor"]);
+        assert!(out.status.success(), "the namespace tier is still ready");
+        let text = stdout(&out);
+        assert!(
+            text.contains("guest agent") && text.contains("missing"),
+            "{text}"
+        );
+    }
+}
