@@ -447,6 +447,7 @@ const FORWARDED: [libc::c_int; 5] = [
 ];
 
 fn winsize(fd: i32) -> Option<WinSize> {
+    // SAFETY: winsize is plain old data; all-zero is a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ fills the winsize we pass.
     if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
@@ -546,6 +547,7 @@ fn exec_vm_inner(
     }
     let _raw = tty.and_then(|_| airlock_ns::pty::RawMode::enter(0));
     // Signals: blocked here, taken by a thread that forwards them.
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it below.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: initialising and filling a local sigset, then blocking it in this thread (threads
     // spawned below inherit the mask).
