@@ -512,7 +512,10 @@ fn exec_vm_inner(
         client.write_file(path, 0o755, &data)?;
         argv[0] = path.to_string();
     }
-    let tty = if req.tty { winsize(0) } else { None };
+    // A terminal that reports no size (0 rows) still gets one: the classic 24x80.
+    let tty = req
+        .tty
+        .then(|| winsize(0).unwrap_or(WinSize { rows: 24, cols: 80 }));
     let env = airlock_ns::process::sandbox_env(spec, &req.env, tty.is_some())
         .into_iter()
         .map(|(k, v)| {
