@@ -247,23 +247,22 @@ pub fn create(h: &Hierarchy, scope: &Path, name: &str, limits: &Limits) -> Place
     }
 }
 
-impl Cgroup {
-    /// Open the sandbox's `cgroup.procs` files for [`join_self`], before the sandbox's first
-    /// process exists: the kernel checks the permission to migrate with the credentials of the
-    /// opener (the supervisor), so the child may use them from inside its new user namespace.
-    pub fn open_procs(&self) -> Result<Vec<std::fs::File>> {
-        self.dirs
-            .iter()
-            .map(|d| {
-                let p = d.join("cgroup.procs");
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .map_err(|e| NsError::path(&p, e))
-            })
-            .collect()
-    }
+/// Open the `cgroup.procs` files of a sandbox's cgroup `dirs` for [`join_self`], before the
+/// process that joins exists: the kernel checks the permission to migrate with the credentials of
+/// the opener (the supervisor), so the child may use them from inside its new user namespace.
+pub fn open_procs(dirs: &[PathBuf]) -> Result<Vec<std::fs::File>> {
+    dirs.iter()
+        .map(|d| {
+            let p = d.join("cgroup.procs");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(|e| NsError::path(&p, e))
+        })
+        .collect()
+}
 
+impl Cgroup {
     /// Peak or current memory use, for `inspect`.
     pub fn memory_current(&self) -> Option<u64> {
         self.dirs.iter().find_map(|d| {

@@ -249,7 +249,7 @@ fn boot_inner(
     let (ports_sock, ports_child) = seqpacket_pair()?;
     // The child moves itself into its cgroup through these (opened here, with our credentials).
     let cgroup_procs = match &enforcement.cgroup {
-        Some(cg) => cg.open_procs()?,
+        Some(cg) => cgroups::open_procs(&cg.dirs)?,
         None => Vec::new(),
     };
     airlock_core::startup::trace("boot: plan ready, cloning");
@@ -861,17 +861,7 @@ pub fn exec(
     if !process_is(state.init_pid, state.init_start_ticks) {
         return Err(NsError::NotRunning(spec.name.clone()));
     }
-    let cgroup_procs: Vec<std::fs::File> = state
-        .cgroups
-        .iter()
-        .map(|d| {
-            let p = d.join("cgroup.procs");
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .map_err(|e| NsError::path(&p, e))
-        })
-        .collect::<Result<_>>()?;
+    let cgroup_procs = cgroups::open_procs(&state.cgroups)?;
     let seccomp = seccomp_program(store)?;
     airlock_core::startup::trace("exec: seccomp compiled");
     let workdir = req
@@ -903,11 +893,9 @@ pub fn exec(
             unsafe { libc::_exit(code) }
         };
         let fail = |msg: String| -> ! { report_and_exit(format!("E{msg}"), 1) };
-        for f in &cgroup_procs {
-            use std::io::Write;
-            if let Err(e) = (&*f).write_all(b"0") {
-                fail(format!("joining the sandbox's cgroup: {e}"));
-            }
+        let procs: Vec<RawFd> = cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
+        if let Err(e) = cgroups::join_self(&procs) {
+            fail(e);
         }
         if let Err(e) = nsfds.join() {
             fail(e.to_string());

@@ -213,6 +213,45 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} missing in {out}"))
 }
 
+/// A CLIENT line that reports a refusal: an error, or the gate's 403.
+fn refused(o: &str, k: &str) -> bool {
+    let l = line(o, k);
+    l.starts_with("ERR") || l.contains(" 403 ")
+}
+
+/// What CLIENT prints under `--allow allowed.test --allow rebind.test --deny denied.test`: the
+/// allowed name works through the proxy and DNS; everything else is refused on every path.
+fn assert_allowed_one_denied_the_rest(o: &str) {
+    assert!(
+        line(o, "proxy_allowed").starts_with("OK hello from 203.0.113.10"),
+        "{o}"
+    );
+    let denied = line(o, "proxy_denied");
+    assert!(
+        denied.starts_with("HTTP 403") && denied.contains("denied.test"),
+        "the 403 names the rule: {denied}"
+    );
+    assert!(
+        denied.contains("airlock policy"),
+        "the 403 says how to change it: {denied}"
+    );
+    for k in [
+        "proxy_other",
+        "proxy_rebind",
+        "proxy_metadata_ip",
+        "dns_denied",
+        "dns_unlisted",
+        "direct_unlisted_ip",
+        "direct_private",
+        "direct_metadata",
+        "direct_v6",
+        "udp_other",
+    ] {
+        assert!(refused(o, k), "{k} must be refused: {o}");
+    }
+    assert!(line(o, "dns_allowed").starts_with("OK 203.0.113.10"), "{o}");
+}
+
 #[test]
 fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
     let net = FakeInternet::new();
@@ -240,41 +279,7 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
         );
         assert!(out.status.success(), "{}", stderr(&out));
         let o = stdout(&out);
-        let refused = |o: &str, k: &str| {
-            let l = line(o, k);
-            l.starts_with("ERR") || l.contains(" 403 ")
-        };
-        assert!(
-            line(&o, "proxy_allowed").starts_with("OK hello from 203.0.113.10"),
-            "{o}"
-        );
-        let denied = line(&o, "proxy_denied");
-        assert!(
-            denied.starts_with("HTTP 403") && denied.contains("denied.test"),
-            "the 403 names the rule: {denied}"
-        );
-        assert!(
-            denied.contains("airlock policy"),
-            "the 403 says how to change it: {denied}"
-        );
-        for k in [
-            "proxy_other",
-            "proxy_rebind",
-            "proxy_metadata_ip",
-            "dns_denied",
-            "dns_unlisted",
-            "direct_unlisted_ip",
-            "direct_private",
-            "direct_metadata",
-            "direct_v6",
-            "udp_other",
-        ] {
-            assert!(refused(&o, k), "{k} must be refused: {o}");
-        }
-        assert!(
-            line(&o, "dns_allowed").starts_with("OK 203.0.113.10"),
-            "{o}"
-        );
+        assert_allowed_one_denied_the_rest(&o);
         if line(&o, "direct_allowed").starts_with("ERR") {
             // No transparent capture (no usable /dev/net/tun, as for users on this machine): only
             // proxy-aware clients get out; a direct connection has no route at all.
@@ -368,34 +373,7 @@ fn a_vm_guest_meets_the_same_policy_gate() {
             ],
         );
         assert!(out.status.success(), "{}", stderr(&out));
-        let o = stdout(&out);
-        let refused = |k: &str| {
-            let l = line(&o, k);
-            l.starts_with("ERR") || l.contains(" 403 ")
-        };
-        assert!(
-            line(&o, "proxy_allowed").starts_with("OK hello from 203.0.113.10"),
-            "{o}"
-        );
-        assert!(line(&o, "proxy_denied").starts_with("HTTP 403"), "{o}");
-        assert!(
-            line(&o, "dns_allowed").starts_with("OK 203.0.113.10"),
-            "{o}"
-        );
-        for k in [
-            "proxy_other",
-            "proxy_rebind",
-            "proxy_metadata_ip",
-            "dns_denied",
-            "dns_unlisted",
-            "direct_unlisted_ip",
-            "direct_private",
-            "direct_metadata",
-            "direct_v6",
-            "udp_other",
-        ] {
-            assert!(refused(k), "{k} must be refused from the VM: {o}");
-        }
+        assert_allowed_one_denied_the_rest(&stdout(&out));
         let log = stdout(&env.airlock(&["policy", "log", &name, "--json"]));
         assert!(log.contains("\"denied.test\""), "{log}");
         assert!(log.contains("\"allowed.test\""), "{log}");
