@@ -195,9 +195,38 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Undo D-Bus address escaping (`%XX` bytes), as in `DBUS_SESSION_BUS_ADDRESS`.
+pub fn dbus_unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dbus_addresses_are_unescaped() {
+        assert_eq!(dbus_unescape("/tmp/a%20b"), "/tmp/a b");
+        assert_eq!(dbus_unescape("/tmp/x%2"), "/tmp/x%2");
+        assert_eq!(dbus_unescape("/plain"), "/plain");
+    }
 
     #[test]
     fn sizes() {

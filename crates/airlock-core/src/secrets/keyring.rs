@@ -61,7 +61,9 @@ pub fn session_bus() -> Result<(), KeyringError> {
                 };
                 for kv in params.split(',') {
                     match kv.split_once('=') {
-                        Some(("path", p)) => paths.push(PathBuf::from(unescape(p))),
+                        Some(("path", p)) => {
+                            paths.push(PathBuf::from(crate::units::dbus_unescape(p)))
+                        }
                         Some(("abstract" | "tmpdir" | "dir" | "runtime", _)) => return Ok(()),
                         _ => {}
                     }
@@ -92,28 +94,6 @@ pub fn session_bus() -> Result<(), KeyringError> {
             }
         }
     }
-}
-
-/// D-Bus address escaping: `%XX` bytes.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A readable account of a Secret Service error.
@@ -277,16 +257,4 @@ pub fn services() -> Result<Vec<String>, KeyringError> {
         names.dedup();
         Ok(names)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_are_unescaped() {
-        assert_eq!(unescape("/tmp/a%20b"), "/tmp/a b");
-        assert_eq!(unescape("/tmp/x%2"), "/tmp/x%2");
-        assert_eq!(unescape("/plain"), "/plain");
-    }
 }

@@ -139,35 +139,17 @@ fn dbus_addrs(v: &str) -> Vec<SockAddr> {
         };
         for pair in kv.split(',') {
             if let Some(p) = pair.strip_prefix("path=") {
-                out.push(SockAddr::Path(PathBuf::from(unescape(p))));
+                out.push(SockAddr::Path(PathBuf::from(
+                    airlock_core::units::dbus_unescape(p),
+                )));
             } else if let Some(n) = pair.strip_prefix("abstract=") {
-                out.push(SockAddr::Abstract(unescape(n).into_bytes()));
+                out.push(SockAddr::Abstract(
+                    airlock_core::units::dbus_unescape(n).into_bytes(),
+                ));
             }
         }
     }
     out
-}
-
-/// D-Bus `%xx` escapes.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every candidate socket: (kind, address, how we found it).
