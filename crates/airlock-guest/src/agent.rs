@@ -311,7 +311,8 @@ impl Agent {
             | Message::Stderr(_)
             | Message::Exited { .. }
             | Message::Health { .. }
-            | Message::Connected => {
+            | Message::Connected
+            | Message::StdinCredit(_) => {
                 let what = kind(&message);
                 self.out
                     .error(channel, format!("unexpected message {what} on channel {channel}"));
@@ -424,7 +425,10 @@ impl Agent {
         );
         self.out.send(channel, Message::Started { pid: pid as u32 });
 
-        let fed = spawn_thread("stdin", move || feed_stdin(stdin_rx, stdin));
+        let credit = self.out.clone();
+        let fed = spawn_thread("stdin", move || {
+            feed_stdin(stdin_rx, stdin, &credit, channel)
+        });
         let out = self.out.clone();
         let channels = self.channels.clone();
         let pumped = fed.and_then(|()| {
@@ -592,13 +596,23 @@ fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<
         .map(|_| ())
 }
 
-/// Write what the host sends to the command's stdin. After a write fails (the command closed
-/// it), keep draining so the reader never waits on a dead queue.
-fn feed_stdin(pieces: Receiver<Vec<u8>>, mut stdin: File) {
+/// How many consumed `Stdin` pieces are acknowledged at a time.
+const CREDIT_BATCH: u32 = 16;
+
+/// Write what the host sends to the command's stdin, returning credit as pieces are consumed
+/// (the host keeps at most `STDIN_WINDOW` in flight, fewer than the queue holds, so the reader
+/// never waits). After a write fails (the command closed it), keep draining.
+fn feed_stdin(pieces: Receiver<Vec<u8>>, mut stdin: File, out: &Out, channel: u32) {
     let mut broken = false;
+    let mut consumed = 0;
     for piece in pieces {
         if !broken && stdin.write_all(&piece).is_err() {
             broken = true;
+        }
+        consumed += 1;
+        if consumed == CREDIT_BATCH {
+            out.send(channel, Message::StdinCredit(consumed));
+            consumed = 0;
         }
     }
 }
@@ -736,5 +750,6 @@ fn kind(message: &Message) -> &'static str {
         Message::Error(_) => "Error",
         Message::Connect { .. } => "Connect",
         Message::Connected => "Connected",
+        Message::StdinCredit(_) => "StdinCredit",
     }
 }

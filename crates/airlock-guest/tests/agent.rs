@@ -105,6 +105,7 @@ impl Agent {
                     ran.stdout.extend(d)
                 }
                 Message::Stderr(d) => ran.stderr.extend(d),
+                Message::StdinCredit(n) => ran.credit += n,
                 Message::Exited { code } => {
                     ran.code = code;
                     return ran;
@@ -133,6 +134,8 @@ struct Ran {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     code: i32,
+    /// Stdin credit the agent returned.
+    credit: u32,
 }
 
 impl Ran {
@@ -276,6 +279,29 @@ fn stdin_is_piped_in_order_with_end_of_file() {
     let ran = agent.finish(2);
     assert_eq!(ran.code, 0);
     assert!(ran.stdout == data, "{} bytes back", ran.stdout.len());
+    // Consumed pieces are acknowledged in batches of 16.
+    let pieces = data.chunks(CHUNK).count() as u32;
+    assert_eq!(
+        ran.credit,
+        pieces - pieces % 16,
+        "credit for {pieces} pieces"
+    );
+}
+
+#[test]
+fn a_host_that_keeps_to_the_stdin_window_never_stalls_the_reader() {
+    let mut agent = Agent::start();
+    // A command that never reads its stdin (and would never end by itself).
+    agent.start_exec(1, cmd(&["sleep", "600"])).unwrap();
+    for _ in 0..airlock_vm_proto::STDIN_WINDOW {
+        agent.send(1, Message::Stdin(vec![b'x'; CHUNK]));
+    }
+    // The window is spent and nothing was read: the agent still answers (a reader stuck on the
+    // command's stdin would never answer, and the test would hang instead of passing).
+    agent.send(CONTROL, Message::Ping);
+    assert!(matches!(agent.recv(CONTROL), Message::Health { .. }));
+    agent.send(1, Message::Signal(libc::SIGKILL));
+    assert_eq!(agent.finish(1).code, 137);
 }
 
 #[test]
@@ -293,11 +319,9 @@ fn a_command_that_ignores_stdin_does_not_stall_the_agent() {
 #[test]
 fn signals_reach_the_process_group() {
     let mut agent = Agent::start();
-    agent.start_exec(1, cmd(&["sleep", "30"])).unwrap();
-    let started = Instant::now();
+    agent.start_exec(1, cmd(&["sleep", "600"])).unwrap();
     agent.send(1, Message::Signal(libc::SIGTERM));
     assert_eq!(agent.finish(1).code, 143);
-    assert!(started.elapsed() < Duration::from_secs(10));
 
     // The whole group: a shell and its child.
     agent.start_exec(2, sh("sleep 30; echo never")).unwrap();
@@ -416,10 +440,8 @@ fn orphans_are_reaped() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // A command whose background child keeps stdout open ends when the output does.
-    let started = Instant::now();
     let ran = agent.run(2, sh("(sleep 0.3; echo late) & echo early"));
     assert_eq!(ran.out(), "early\nlate\n");
-    assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 #[test]

@@ -34,6 +34,11 @@ pub const CHUNK: usize = 64 << 10;
 /// The control channel.
 pub const CONTROL: u32 = 0;
 
+/// Flow control of a command's stdin: the host may have this many `Stdin` frames of a channel
+/// unacknowledged; the guest returns credit (`StdinCredit`) as the command consumes them. So
+/// a command that does not read its stdin never makes the guest's one reader wait.
+pub const STDIN_WINDOW: u32 = 64;
+
 /// The name of the virtio-serial port the agent listens on.
 pub const PORT_NAME: &str = "airlock.agent";
 
@@ -167,6 +172,9 @@ pub enum Message {
     },
     /// Guest → host: the connection asked for with `Connect` is open.
     Connected,
+    /// Guest → host: this many more `Stdin` frames may be sent on the channel (see
+    /// [`STDIN_WINDOW`]).
+    StdinCredit(u32),
 }
 
 /// One frame: a message on a channel.

@@ -585,8 +585,14 @@ fn exec_vm_inner(
             }
         });
     }
+    // Stdin keeps to the guest's window: at most STDIN_WINDOW pieces unacknowledged.
+    let credit = std::sync::Arc::new((
+        std::sync::Mutex::new(airlock_vm_proto::STDIN_WINDOW),
+        std::sync::Condvar::new(),
+    ));
     {
         let mut w = client.writer()?;
+        let credit = credit.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; airlock_vm_proto::CHUNK];
             loop {
@@ -596,6 +602,14 @@ fn exec_vm_inner(
                         return;
                     }
                     Ok(n) => {
+                        {
+                            let (left, more) = &*credit;
+                            let mut left = left.lock().unwrap_or_else(|e| e.into_inner());
+                            while *left == 0 {
+                                left = more.wait(left).unwrap_or_else(|e| e.into_inner());
+                            }
+                            *left -= 1;
+                        }
                         if airlock_vm_proto::Frame::new(0, Message::Stdin(buf[..n].to_vec()))
                             .write_to(&mut w)
                             .is_err()
@@ -621,6 +635,11 @@ fn exec_vm_inner(
         }
         match client.recv() {
             Ok(Some(Message::Stdout(d))) => write_fd(1, &d),
+            Ok(Some(Message::StdinCredit(n))) => {
+                let (left, more) = &*credit;
+                *left.lock().unwrap_or_else(|e| e.into_inner()) += n;
+                more.notify_one();
+            }
             Ok(Some(Message::Stderr(d))) => write_fd(2, &d),
             Ok(Some(Message::Exited { code })) => return Ok(if timed_out { 124 } else { code }),
             Ok(Some(Message::Error(e))) => return Err(VmError::Guest(e)),

@@ -205,7 +205,6 @@ fn secrets_live_in_the_os_keyring_when_the_session_has_one() {
             "{}",
             stderr(&out)
         );
-        let started = std::time::Instant::now();
         let out = secret_set(
             &env,
             "openai",
@@ -214,10 +213,6 @@ fn secrets_live_in_the_os_keyring_when_the_session_has_one() {
         );
         assert!(out.status.success());
         assert!(stderr(&out).contains("no OS keyring"), "{}", stderr(&out));
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(2),
-            "no bus is found out fast"
-        );
         assert!(
             std::fs::read_to_string(&file)
                 .unwrap()

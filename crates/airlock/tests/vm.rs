@@ -158,6 +158,17 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
         assert!(out.status.success(), "[{}] exec after stop", who.label());
         assert_eq!(stdout(&out), "new\nwarm\ninstalled\n");
 
+        // Stdin streams through the guest's flow-control window: 6 MB in, counted inside.
+        let big = env.base.join("stdin.bin");
+        std::fs::write(&big, vec![b'a'; 6 << 20]).unwrap();
+        let out = env
+            .command(&["exec", &name, "--", "sh", "-c", "wc -c"])
+            .stdin(std::fs::File::open(&big).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "[{}] stdin", who.label());
+        assert_eq!(stdout(&out).trim(), (6u64 << 20).to_string());
+
         // exec -t: a PTY in the guest (through `script`, which gives airlock a terminal).
         let c = env.command(&["exec", "-t", &name, "--", "sh", "-c", "tty; exit 5"]);
         let line = std::iter::once(c.get_program().to_string_lossy().into_owned())
