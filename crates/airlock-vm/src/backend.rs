@@ -427,6 +427,10 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
     };
     let mut state = airlock_ns::supervisor::start_jail(store, &jail_spec(spec, memory_mib), jail)
         .map_err(|e| VmError::Setup(e.to_string()))?;
+    // The jail's own system mode describes QEMU's view, not the guest's.
+    state.system_mode =
+        "cow: the guest's root is an overlay on the sandbox's disk (install with `airlock exec --root`)"
+            .into();
     state.vm = Some(format!(
         "QEMU {} ({}), {cpus} vCPU, {memory_mib} MiB, guest kernel {}",
         machine.as_str(),
