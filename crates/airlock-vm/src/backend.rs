@@ -188,8 +188,13 @@ struct Assets {
     virtiofsd: PathBuf,
 }
 
-fn assets(store: &Store, docker: bool) -> Result<Assets> {
-    let s = settings();
+/// The guest kernel this user's settings choose (`AIRLOCK_VM_KERNEL`, `[vm] kernel`, else the
+/// newest host kernel with its modules).
+pub fn guest_kernel() -> Result<GuestKernel> {
+    GuestKernel::find(settings().kernel.as_deref())
+}
+
+fn assets(store: &Store, docker: bool, s: &VmSettings) -> Result<Assets> {
     let kernel = GuestKernel::find(s.kernel.as_deref())?;
     let qemu = crate::qemu::find_qemu()?;
     let virtiofsd = crate::qemu::find_virtiofsd()?;
@@ -234,11 +239,11 @@ fn cpus_of(spec: &SandboxSpec) -> u32 {
     }
 }
 
-fn memory_mib_of(spec: &SandboxSpec) -> u64 {
+fn memory_mib_of(spec: &SandboxSpec, s: &VmSettings) -> u64 {
     spec.limits
         .memory_bytes
         .map(|b| (b >> 20).max(256))
-        .or(settings().memory_mib)
+        .or(s.memory_mib)
         .unwrap_or(DEFAULT_MEMORY_MIB)
 }
 
@@ -264,7 +269,8 @@ fn jail_spec(spec: &SandboxSpec, memory_mib: u64) -> SandboxSpec {
 }
 
 fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<RuntimeState> {
-    let assets = assets(store, spec.docker)?;
+    let settings = settings();
+    let assets = assets(store, spec.docker, &settings)?;
     let accel = crate::kvm::probe(&store.paths.runtime);
     if let Accel::Tcg { why } = &accel {
         eprintln!(
@@ -285,7 +291,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
         .and_then(|_| airlock_core::store::mkdir_private(&vmdir))
         .map_err(|e| VmError::Setup(format!("creating {}: {e}", vmdir.display())))?;
     let inside = |f: &str| PathBuf::from(JAIL_VM_DIR).join(f);
-    let memory_mib = memory_mib_of(spec);
+    let memory_mib = memory_mib_of(spec, &settings);
     let cpus = cpus_of(spec);
     // Published ports are served by the supervisor through the guest agent (see
     // `broker::Publisher`), not by QEMU's forwarding, which only reaches the guest's eth0.
@@ -703,7 +709,7 @@ impl Backend for VmBackend {
         NamespaceBackend.preflight()?;
         crate::qemu::find_qemu().map_err(tier)?;
         crate::qemu::find_virtiofsd().map_err(tier)?;
-        GuestKernel::find(settings().kernel.as_deref()).map_err(tier)?;
+        guest_kernel().map_err(tier)?;
         guest_agent().map_err(tier)?;
         Ok(())
     }

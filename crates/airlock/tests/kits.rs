@@ -15,18 +15,7 @@ fn kits_apply_their_policy_and_the_sandbox_only_ever_holds_a_placeholder() {
     for who in everyone() {
         let mut env = Env::new(&who);
         // Store the secret (from stdin, never argv), and also have it in airlock's environment.
-        let mut set = env
-            .command(&["secret", "set", "anthropic"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        set.stdin
-            .take()
-            .unwrap()
-            .write_all(SECRET.as_bytes())
-            .unwrap();
-        assert!(set.wait_with_output().unwrap().status.success());
+        assert!(secret_set(&env, "anthropic", SECRET, &[]).status.success());
         let ls = stdout(&env.airlock(&["secret", "ls"]));
         assert!(ls.contains("anthropic") && !ls.contains(SECRET), "{ls}");
         env.extra_env
@@ -155,30 +144,7 @@ fn secret_set(
     value: &str,
     vars: &[(&str, &str)],
 ) -> std::process::Output {
-    let mut c = env.command(&["secret", "set", service]);
-    for (k, v) in vars {
-        c.env(k, v);
-    }
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    eprintln!(
-        "[{}] airlock secret set {service} {vars:?}\n  exit: {:?}\n  stderr: {}",
-        env.who.label(),
-        out.status.code(),
-        stderr(&out).trim_end()
-    );
-    out
+    env.airlock_with_input(&["secret", "set", service], value.as_bytes(), vars)
 }
 
 const KEYRING_SECRET: &str = "sk-ant-keyring-secret-0123456789abcdef";

@@ -594,8 +594,8 @@ fn credentials_are_injected_at_the_gate_and_never_enter_the_sandbox() {
         )
         .unwrap();
         env.chown_all();
-        let mut set = env
-            .command(&[
+        let set = env.airlock_with_input(
+            &[
                 "secret",
                 "set-custom",
                 "secrettest",
@@ -603,18 +603,11 @@ fn credentials_are_injected_at_the_gate_and_never_enter_the_sandbox() {
                 "api.secret.test",
                 "--header",
                 "x-api-key",
-            ])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        set.stdin
-            .take()
-            .unwrap()
-            .write_all(SECRET.as_bytes())
-            .unwrap();
-        assert!(set.wait().unwrap().success());
+            ],
+            SECRET.as_bytes(),
+            &[],
+        );
+        assert!(set.status.success());
         env.extra_env.push((
             "AIRLOCK_UPSTREAM_CA_FILE".into(),
             d.join("ca.pem").display().to_string(),
@@ -800,19 +793,8 @@ fn git_over_https_gets_the_github_token_at_the_gate_and_the_sandbox_never_holds_
         )
         .unwrap();
         env.chown_all();
-        let mut set = env
-            .command(&["secret", "set", "github"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        set.stdin
-            .take()
-            .unwrap()
-            .write_all(TOKEN.as_bytes())
-            .unwrap();
-        assert!(set.wait().unwrap().success());
+        let set = env.airlock_with_input(&["secret", "set", "github"], TOKEN.as_bytes(), &[]);
+        assert!(set.status.success());
         env.extra_env.push((
             "AIRLOCK_UPSTREAM_CA_FILE".into(),
             d.join("ca.pem").display().to_string(),
@@ -904,19 +886,8 @@ print("status", r.status)
             d.join("ca.pem").display().to_string(),
         ));
         let store = |args: &[&str], value: &str, choice: &str| {
-            let mut c = env.command(args);
-            c.env("AIRLOCK_SECRET_STORE", choice)
-                .stdin(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(value.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out =
+                env.airlock_with_input(args, value.as_bytes(), &[("AIRLOCK_SECRET_STORE", choice)]);
             assert!(out.status.success(), "{}", stderr(&out));
             stderr(&out)
         };

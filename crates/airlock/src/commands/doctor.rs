@@ -80,19 +80,14 @@ fn vm_checks(store: &airlock_core::store::Store) -> Vec<Check> {
     out.push(program("qemu", airlock_vm::qemu::find_qemu()));
     out.push(program("virtiofsd", airlock_vm::qemu::find_virtiofsd()));
     out.push(program("guest agent", airlock_vm::backend::guest_agent()));
-    let kernel_override = std::env::var_os("AIRLOCK_VM_KERNEL")
-        .filter(|v| !v.is_empty())
-        .map(std::path::PathBuf::from);
-    out.push(
-        match airlock_vm::kernel::GuestKernel::find(kernel_override.as_deref()) {
-            Ok(k) => check(
-                "guest kernel",
-                "ok",
-                format!("{} ({})", k.version, k.image.display()),
-            ),
-            Err(e) => check("guest kernel", "missing", e.to_string()),
-        },
-    );
+    out.push(match airlock_vm::backend::guest_kernel() {
+        Ok(k) => check(
+            "guest kernel",
+            "ok",
+            format!("{} ({})", k.version, k.image.display()),
+        ),
+        Err(e) => check("guest kernel", "missing", e.to_string()),
+    });
     let accel = airlock_vm::kvm::probe(&store.paths.runtime);
     out.push(match &accel {
         airlock_vm::kvm::Accel::Kvm => check("vm accelerator", "ok", "KVM"),

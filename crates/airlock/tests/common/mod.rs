@@ -158,6 +158,32 @@ impl Env {
         out
     }
 
+    /// `airlock ARGS` with `input` on its stdin (how secrets are given: never in argv) and extra
+    /// variables `vars`.
+    pub fn airlock_with_input(&self, args: &[&str], input: &[u8], vars: &[(&str, &str)]) -> Output {
+        use std::io::Write;
+        let mut c = self.command(args);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning airlock");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        eprintln!(
+            "[{}] airlock {} (stdin given) {vars:?}\n  exit: {:?}\n  stderr: {}",
+            self.who.label(),
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+        out
+    }
+
     /// `airlock run --rm -- sh -c SCRIPT`, asserting success; returns stdout.
     pub fn sh(&self, script: &str) -> String {
         let out = self.airlock(&["run", "--rm", "--", "sh", "-c", script]);
