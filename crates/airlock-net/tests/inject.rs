@@ -340,13 +340,14 @@ async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, req: &str) -> (
         .expect("a response")
 }
 
-#[tokio::test]
-async fn connect_to_credential_host_injects_and_scrubs() {
+/// A world whose one allowed host is the credential host API, served over TLS by a test upstream
+/// (its own CA) on 203.0.113.10: the world, what the upstream received, the sandbox CA's cert.
+async fn api_world(tag: &str) -> (World, Heads, CertificateDer<'static>) {
     let upstream_ca = test_ca("upstream test CA");
     let (cfg, _) = server_config(&upstream_ca, API);
     let (up, heads) = tls_upstream(cfg).await;
     let w = world(
-        "inject",
+        tag,
         &[API],
         &[(API, "203.0.113.10")],
         &[("203.0.113.10:443", up)],
@@ -354,6 +355,12 @@ async fn connect_to_credential_host_injects_and_scrubs() {
     )
     .await;
     let ca_der = w.ca.cert_der().clone();
+    (w, heads, ca_der)
+}
+
+#[tokio::test]
+async fn connect_to_credential_host_injects_and_scrubs() {
+    let (w, heads, ca_der) = api_world("inject").await;
     let mut s = tls_via_proxy(w.proxy, API, &ca_der)
         .await
         .expect("client trusts the sandbox CA");
@@ -447,18 +454,7 @@ async fn connect_to_credential_host_injects_and_scrubs() {
 
 #[tokio::test]
 async fn fronting_inside_an_intercepted_connection_is_refused() {
-    let upstream_ca = test_ca("upstream test CA");
-    let (cfg, _) = server_config(&upstream_ca, API);
-    let (up, heads) = tls_upstream(cfg).await;
-    let w = world(
-        "fronting",
-        &[API],
-        &[(API, "203.0.113.10")],
-        &[("203.0.113.10:443", up)],
-        &upstream_ca,
-    )
-    .await;
-    let ca_der = w.ca.cert_der().clone();
+    let (w, heads, ca_der) = api_world("fronting").await;
     let mut s = tls_via_proxy(w.proxy, API, &ca_der).await.unwrap();
     let (head, _) = roundtrip(
         &mut s,
