@@ -25,8 +25,6 @@ use crate::error::{Result, VmError};
 /// A running broker; dropping it removes the control socket.
 pub struct Broker {
     control: PathBuf,
-    /// The guest's kernel release, as its agent reported it.
-    pub guest_kernel: String,
 }
 
 impl Drop for Broker {
@@ -158,11 +156,11 @@ impl Broker {
             .set_read_timeout(Some(left("answer")?))
             .map_err(VmError::io("the guest channel"))?;
         Frame::new(CONTROL, Message::Setup(setup)).write_to(&mut w)?;
-        let guest_kernel = match Frame::read_from(&mut r)? {
+        match Frame::read_from(&mut r)? {
             Some(Frame {
-                message: Message::Ready { kernel },
+                message: Message::Ready { .. },
                 ..
-            }) => kernel,
+            }) => {}
             Some(Frame {
                 message: Message::Error(e),
                 ..
@@ -190,13 +188,12 @@ impl Broker {
         std::thread::spawn(move || accept_clients(listener, to_guest, clients));
         Ok(Broker {
             control: control.to_path_buf(),
-            guest_kernel,
         })
     }
 }
 
-/// How many bytes of guest output may wait for one client before it is cut off. The protocol has
-/// no flow control, so a client that stops reading (a stalled pipe, or anyone connected to a
+/// How many bytes of guest output may wait for one client before it is cut off. Output has no
+/// flow control (only stdin does), so a client that stops reading (a stalled pipe, or anyone connected to a
 /// published port who never reads) must not stall the guest channel that every other client
 /// shares: past this, its channel is closed (and its command killed).
 const CLIENT_BACKLOG_BYTES: usize = 64 << 20;
@@ -357,21 +354,6 @@ impl Client {
         Ok(Frame::read_from(&mut self.r)?.map(|f| f.message))
     }
 
-    /// Send `m` and wait for `Done` (or the error the guest gave).
-    pub fn call_done(&mut self, m: Message) -> Result<()> {
-        self.send(m)?;
-        self.expect_done()
-    }
-
-    pub fn expect_done(&mut self) -> Result<()> {
-        match self.recv()? {
-            Some(Message::Done) => Ok(()),
-            Some(Message::Error(e)) => Err(VmError::Guest(e)),
-            Some(other) => Err(VmError::Guest(format!("unexpected answer {other:?}"))),
-            None => Err(VmError::Guest("the VM went away".into())),
-        }
-    }
-
     /// Copy `data` to `path` in the guest (created or replaced, with `mode`).
     pub fn write_file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
         self.send(Message::WriteFile {
@@ -381,21 +363,12 @@ impl Client {
         for chunk in data.chunks(airlock_vm_proto::CHUNK) {
             self.send(Message::Data(chunk.to_vec()))?;
         }
-        self.call_done(Message::Done)
-    }
-
-    /// Read `path` in the guest.
-    pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>> {
-        self.send(Message::ReadFile { path: path.into() })?;
-        let mut out = Vec::new();
-        loop {
-            match self.recv()? {
-                Some(Message::Data(d)) => out.extend_from_slice(&d),
-                Some(Message::Done) => return Ok(out),
-                Some(Message::Error(e)) => return Err(VmError::Guest(e)),
-                Some(other) => return Err(VmError::Guest(format!("unexpected answer {other:?}"))),
-                None => return Err(VmError::Guest("the VM went away".into())),
-            }
+        self.send(Message::Done)?;
+        match self.recv()? {
+            Some(Message::Done) => Ok(()),
+            Some(Message::Error(e)) => Err(VmError::Guest(e)),
+            Some(other) => Err(VmError::Guest(format!("unexpected answer {other:?}"))),
+            None => Err(VmError::Guest("the VM went away".into())),
         }
     }
 }
