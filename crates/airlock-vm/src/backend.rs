@@ -229,7 +229,13 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn cpus_of(spec: &SandboxSpec) -> u32 {
+/// vCPUs: `--cpus` (rounded up, at most the host's), else up to 2. Under TCG one: emulating
+/// several vCPUs on a small host gains little, and a guest kernel under multi-threaded TCG was
+/// seen here stuck in soft lockups with both vCPUs spinning (runc starting a container).
+fn cpus_of(spec: &SandboxSpec, accel: &Accel) -> u32 {
+    if matches!(accel, Accel::Tcg { .. }) {
+        return 1;
+    }
     let host = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -292,7 +298,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
         .map_err(|e| VmError::Setup(format!("creating {}: {e}", vmdir.display())))?;
     let inside = |f: &str| PathBuf::from(JAIL_VM_DIR).join(f);
     let memory_mib = memory_mib_of(spec, &settings);
-    let cpus = cpus_of(spec);
+    let cpus = cpus_of(spec, &accel);
     // Published ports are served by the supervisor through the guest agent (see
     // `broker::Publisher`), not by QEMU's forwarding, which only reaches the guest's eth0.
     let forwards = Vec::new();

@@ -407,6 +407,9 @@ fn docker_runs_inside_the_vm_on_its_own_daemon() {
             "--isolation",
             "vm",
             "--docker",
+            // A guest that hangs fails the test instead of hanging it.
+            "--timeout",
+            "600",
             "--",
             "sh",
             "-c",
