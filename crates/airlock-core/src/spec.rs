@@ -211,6 +211,9 @@ pub struct RuntimeState {
     /// For a microVM sandbox: the accelerator, vCPUs, memory and guest kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<String>,
+    /// How the sandbox's ids map to the host's (root inside is never root outside).
+    #[serde(default)]
+    pub ids: String,
 }
 
 /// Seconds since the Unix epoch, now.

@@ -3,7 +3,7 @@
 //! When it exits the kernel kills every other process of the sandbox's pid namespace, and it
 //! dies itself (PR_SET_PDEATHSIG) when its supervisor dies, even by SIGKILL.
 
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use airlock_seccomp::SeccompProgram;
 
@@ -35,6 +35,42 @@ pub(crate) fn send(sock: RawFd, msg: &[u8]) {
     unsafe { libc::send(sock, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
 }
 
+/// Send one message with descriptors attached (the "go" with a shifted sandbox's idmapped
+/// clones). Errors are the receiver's to notice, like [`send`].
+pub(crate) fn send_with_fds(sock: RawFd, msg: &[u8], fds: &[RawFd]) {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    let _ = sendmsg::<()>(
+        sock,
+        &[std::io::IoSlice::new(msg)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+}
+
+/// Receive one message and the descriptors attached to it (`None` on EOF or error).
+fn recv_with_fds(sock: RawFd) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buf = [0u8; 16];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 64]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these fds in our table; we own them.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let n = msg.bytes;
+    (n > 0).then(|| (buf[..n].to_vec(), fds))
+}
+
 fn exit(code: i32) -> ! {
     // SAFETY: _exit ends the process without running the forked copy's destructors.
     unsafe { libc::_exit(code) }
@@ -50,7 +86,7 @@ pub fn run(
     seccomp: &SeccompProgram,
     main: Option<&CommandSpec>,
 ) -> ! {
-    // SAFETY: prctl/read with integer arguments and a local buffer.
+    // SAFETY: prctl with integer arguments.
     unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -59,20 +95,44 @@ pub fn run(
             0,
             0,
         );
-        let mut go = [0u8; 1];
-        // EOF here means the supervisor died before writing our id maps: nothing to do.
-        if libc::read(sock, go.as_mut_ptr().cast(), 1) != 1 || go[0] != MSG_GO {
-            exit(1);
-        }
     }
+    // EOF here means the supervisor died before writing our id maps: nothing to do.
+    let staged = match recv_with_fds(sock) {
+        Some((msg, fds)) if msg.first() == Some(&MSG_GO) => fds,
+        _ => exit(1),
+    };
     // Into the sandbox's cgroup before anything else runs here (see `cgroups::join_self`).
     if let Err(msg) =
-        crate::cgroups::join_self(cgroup_procs).and_then(|()| setup(plan, hostname, sock))
+        crate::cgroups::join_self(cgroup_procs).and_then(|()| setup(plan, hostname, sock, staged))
     {
         let mut m = vec![MSG_ERROR];
         m.extend_from_slice(msg.as_bytes());
         send(sock, &m);
         exit(1);
+    }
+    if plan.shifted {
+        // Changing our ids cleared the parent-death signal: arm it again, then make sure the
+        // supervisor did not die meanwhile (its end of the setup channel would be closed).
+        let mut p = libc::pollfd {
+            fd: sock,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: prctl with integer arguments; poll on one pollfd that lives across the call.
+        let gone = unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            libc::poll(&mut p, 1, 0) != 0
+                && p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+        };
+        if gone {
+            exit(1);
+        }
     }
     // Nothing of the supervisor's descriptors (locks, state files) stays open in the sandbox.
     close_all_except(&[0, 1, 2, sock, ports]);
@@ -117,7 +177,12 @@ pub fn run(
     reap_loop(main_pid, ports)
 }
 
-fn setup(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
+fn setup(
+    plan: &MountPlan,
+    hostname: &str,
+    sock: RawFd,
+    staged: Vec<OwnedFd>,
+) -> Result<(), String> {
     // SAFETY: sethostname with a valid buffer.
     unsafe {
         if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
@@ -136,7 +201,7 @@ fn setup(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
     sockets.send(sock).map_err(|e| e.to_string())?;
     drop(sockets);
     airlock_core::startup::trace("init: network sockets handed over");
-    plan.apply().map_err(|e| e.to_string())?;
+    plan.apply(staged).map_err(|e| e.to_string())?;
     airlock_core::startup::trace("init: filesystem built");
     // We joined the sandbox's cgroup first thing; once the supervisor confirms the sandbox is
     // set up on its side, a new cgroup namespace makes that cgroup our root.
@@ -149,6 +214,29 @@ fn setup(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
         if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
             return Err(format!(
                 "creating the cgroup namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if plan.shifted {
+        become_ns_root()?;
+    }
+    Ok(())
+}
+
+/// In a shifted sandbox, take root's ids inside (an unprivileged range on the host) and drop the
+/// host's supplementary groups: until now this process still had the host's root ids (unmapped
+/// here), which it needed to reach its own setup files. Capabilities in the sandbox's user
+/// namespace are kept (root inside is the namespace's owner of them).
+pub(crate) fn become_ns_root() -> Result<(), String> {
+    // SAFETY: credential syscalls with integer arguments and a NULL list of length 0.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(0, 0, 0) != 0
+            || libc::setresuid(0, 0, 0) != 0
+        {
+            return Err(format!(
+                "taking root's ids inside the sandbox: {}",
                 std::io::Error::last_os_error()
             ));
         }

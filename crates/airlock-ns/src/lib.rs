@@ -9,6 +9,7 @@
 pub mod caps;
 pub mod cgroups;
 pub mod error;
+pub mod idmapped;
 pub mod init;
 pub mod layers;
 pub mod mounts;
@@ -67,7 +68,8 @@ impl Backend for NamespaceBackend {
             })
         })?;
         // SAFETY: geteuid cannot fail.
-        let system_cow = namespaces::IdMap::for_invoker(unsafe { libc::geteuid() }, 0).full_range;
+        let system_cow =
+            namespaces::IdMap::for_invoker(unsafe { libc::geteuid() }, 0, &spec.name).full_range;
         if spec.mode == airlock_core::spec::WorkspaceMode::Clone {
             layers::make_clone(&spec.workspace, &layers::Layers::new(dir).clone_dir()).map_err(
                 |reason| {

@@ -19,6 +19,12 @@ use crate::layers::Layers;
 /// Host system directories shown inside (copy-on-write where ids allow, otherwise read-only).
 pub const SYSTEM_DIRS: &[&str] = &["usr", "etc", "opt", "var", "srv"];
 
+/// Where host paths are attached while a shifted sandbox's filesystem is built (relative to the
+/// new root; removed before `pivot_root`).
+const STAGE_DIR: &str = ".airlock-stage";
+/// Where a `--rm` sandbox's in-memory layers are attached while its filesystem is built.
+const VOLATILE_DIR: &str = ".airlock-layers";
+
 /// Where `--ssh-agent` shows the caller's agent socket inside the sandbox.
 pub const SSH_AGENT_SOCK: &str = "/run/airlock/ssh-agent.sock";
 
@@ -150,9 +156,15 @@ pub struct MountPlan {
     pub ssh_agent: Option<PathBuf>,
     /// A host file to show as the sandbox's system trust bundle (credential injection's CA added).
     pub trust_bundle: Option<PathBuf>,
-    /// Where to keep the system layers in memory (a tmpfs mounted there) instead of on disk:
-    /// for `--rm` sandboxes.
-    pub volatile_layers: Option<PathBuf>,
+    /// Keep the sandbox's layers in memory (a tmpfs of its own) instead of on disk: for `--rm`
+    /// sandboxes.
+    pub volatile_layers: bool,
+    /// A root invoker's sandbox: its ids are shifted (see [`crate::namespaces::IdMap`]), so the
+    /// init creates everything as root inside and takes host paths from idmapped clones.
+    pub shifted: bool,
+    /// Host paths the supervisor clones as idmapped mounts for a shifted sandbox (see
+    /// [`crate::idmapped`]), in the order of the descriptors the init receives.
+    pub staged_sources: Vec<PathBuf>,
     /// A template's directory (`system/<dir>`, `home`) stacked under the sandbox's layers.
     pub template: Option<PathBuf>,
     /// Owner (uid, gid) of the home directory, for homes created in memory.
@@ -241,7 +253,9 @@ impl MountPlan {
             resolv_conf: None,
             trust_bundle: None,
             ssh_agent: None,
-            volatile_layers: None,
+            volatile_layers: false,
+            shifted: false,
+            staged_sources: Vec::new(),
             network_capture: true,
             home_owner: (spec.user.uid, spec.user.gid),
             template: None,
@@ -251,10 +265,35 @@ impl MountPlan {
         }
     }
 
+    /// Every host path [`MountPlan::apply`] shows inside (read through an idmapped clone in a
+    /// shifted sandbox). Device nodes, /sys and /proc are not among them.
+    pub fn host_sources(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self
+            .system_dirs
+            .iter()
+            .map(|d| Path::new("/").join(d))
+            .collect();
+        v.extend(self.template.iter().cloned());
+        v.push(self.layers.dir.clone());
+        v.push(self.workspace.clone());
+        v.extend(self.resolv_conf.iter().cloned());
+        v.extend(self.trust_bundle.iter().cloned());
+        v.extend(self.ssh_agent.iter().cloned());
+        v.extend(self.extra_binds.iter().map(|b| b.host.clone()));
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|p| p.exists() && seen.insert(p.clone()));
+        v
+    }
+
+    /// Where host path `p` is read from while the filesystem is built.
+    fn src(&self, p: &Path) -> PathBuf {
+        crate::idmapped::staged_path(&self.staged_sources, Path::new(STAGE_DIR), p)
+    }
+
     /// Build the sandbox's filesystem and switch to it. Runs in the child, in its own mount and
-    /// user namespaces, before anything of the agent runs.
-    pub fn apply(&self) -> Result<()> {
-        let r = &self.root;
+    /// user namespaces, before anything of the agent runs. `staged` are the idmapped clones of
+    /// [`MountPlan::staged_sources`] (empty unless shifted).
+    pub fn apply(&self, staged: Vec<std::os::fd::OwnedFd>) -> Result<()> {
         // Nothing we mount propagates back to the host, and nothing of the host's propagates in.
         mount(
             None,
@@ -265,43 +304,74 @@ impl MountPlan {
         )?;
         mount(
             Some("tmpfs"),
-            r,
+            &self.root,
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=0755,size=16m"),
+            Some(if self.shifted {
+                "mode=0755,size=16m,uid=0,gid=0"
+            } else {
+                "mode=0755,size=16m"
+            }),
         )?;
-
-        // A sandbox deleted when its command exits keeps its system layers in memory: nothing
-        // there outlives it, and overlayfs on a fresh tmpfs mounts ~15x faster than on disk.
-        let volatile_layers = match &self.volatile_layers {
-            Some(dir) => {
-                mount(
-                    Some("tmpfs"),
-                    dir,
-                    Some("tmpfs"),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    Some("mode=0700"),
-                )?;
-                Some(Layers::new(dir))
+        // Everything below is relative to the new root: in a shifted sandbox the host's own
+        // directories above it (Airlock's 0700 state) are not reachable once we act as root
+        // inside, which is the point.
+        chdir(&self.root)?;
+        let r = Path::new(".");
+        if self.shifted {
+            // What we create from here on belongs to root inside (a filesystem of this user
+            // namespace refuses creation by an id it cannot map, like the host's root).
+            // SAFETY: setfsuid/setfsgid with plain ids; the second call reads the result back.
+            let ok = unsafe {
+                libc::setfsgid(0);
+                libc::setfsuid(0);
+                libc::setfsuid(u32::MAX) == 0
+            };
+            if !ok {
+                return Err(NsError::Setup(
+                    "could not act as root inside the sandbox's user namespace".into(),
+                ));
             }
-            _ => None,
+        }
+        if !staged.is_empty() {
+            crate::idmapped::stage(staged, Path::new(STAGE_DIR))?;
+        }
+
+        // A sandbox deleted when its command exits keeps its layers in memory: nothing there
+        // outlives it, and overlayfs on a fresh tmpfs mounts ~15x faster than on disk. The tmpfs
+        // is attached in the new root only while the filesystem is built (overlays and binds
+        // keep their own references).
+        let volatile_layers = if self.volatile_layers {
+            let dir = Path::new(VOLATILE_DIR);
+            mkdir(dir, 0o700)?;
+            mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some("mode=0700"),
+            )?;
+            Some(Layers::new(dir))
+        } else {
+            None
         };
+        let disk_layers = Layers::new(&self.src(&self.layers.dir));
         for d in &self.system_dirs {
-            let host = Path::new("/").join(d);
+            let host = self.src(&Path::new("/").join(d));
             let target = r.join(d);
             mkdir(&target, 0o755)?;
             // A template's frozen layer for this directory sits between the host's and ours.
             let lower = match self
                 .template
                 .as_ref()
-                .map(|t| t.join("system").join(d))
+                .map(|t| self.src(&t.join("system").join(d)))
                 .filter(|t| t.is_dir())
             {
                 Some(t) => format!("{}:{}", t.display(), host.display()),
                 None => host.display().to_string(),
             };
             if self.system_cow {
-                let layers = volatile_layers.as_ref().unwrap_or(&self.layers);
+                let layers = volatile_layers.as_ref().unwrap_or(&disk_layers);
                 let (upper, work) = layers.system(d);
                 if volatile_layers.is_some() {
                     mkdir_all(&upper)?;
@@ -412,7 +482,7 @@ impl MountPlan {
         let home = under(r, &self.home);
         mkdir_all(&home)?;
         // A `--rm` sandbox's home and workspace changes live in memory too (see above).
-        let layers = volatile_layers.as_ref().unwrap_or(&self.layers);
+        let layers = volatile_layers.as_ref().unwrap_or(&disk_layers);
         if volatile_layers.is_some() {
             mkdir_all(&layers.home())?;
             let (u, w) = layers.workspace();
@@ -426,7 +496,7 @@ impl MountPlan {
         match self
             .template
             .as_ref()
-            .map(|t| t.join("home"))
+            .map(|t| self.src(&t.join("home")))
             .filter(|t| t.is_dir())
         {
             // Warm caches from a template: its frozen home under the sandbox's own.
@@ -441,23 +511,24 @@ impl MountPlan {
         // The workspace, at its host path.
         let ws = under(r, &self.workspace);
         mkdir_all(&ws)?;
+        let host_ws = self.src(&self.workspace);
         match self.mode {
             WorkspaceMode::Cow => {
                 let (upper, work) = layers.workspace();
-                overlay(&self.workspace, &upper, &work, &ws)?;
+                overlay(&host_ws, &upper, &work, &ws)?;
             }
-            WorkspaceMode::Rw => bind(&self.workspace, &ws, false)?,
-            WorkspaceMode::Ro => bind(&self.workspace, &ws, true)?,
+            WorkspaceMode::Rw => bind(&host_ws, &ws, false)?,
+            WorkspaceMode::Ro => bind(&host_ws, &ws, true)?,
             WorkspaceMode::Clone => {
-                bind(&self.layers.clone_dir(), &ws, false)?;
+                bind(&disk_layers.clone_dir(), &ws, false)?;
                 let source = r.join("run/airlock/source");
                 mkdir_all(&source)?;
-                bind(&self.workspace, &source, true)?;
+                bind(&host_ws, &source, true)?;
             }
         }
 
         if let Some(src) = &self.resolv_conf {
-            show_file_at(r, Path::new("/etc/resolv.conf"), src)?;
+            show_file_at(r, Path::new("/etc/resolv.conf"), &self.src(src))?;
         }
         if let Some(sock) = &self.ssh_agent {
             let target = under(r, Path::new(SSH_AGENT_SOCK));
@@ -465,22 +536,23 @@ impl MountPlan {
                 mkdir_all(parent)?;
             }
             touch(&target)?;
-            bind(sock, &target, false)?;
+            bind(&self.src(sock), &target, false)?;
         }
         if let Some(src) = &self.trust_bundle {
-            show_file_at(r, Path::new(crate::net::TRUST_BUNDLE), src)?;
+            show_file_at(r, Path::new(crate::net::TRUST_BUNDLE), &self.src(src))?;
         }
         for b in &self.extra_binds {
             let target = under(r, &b.inside);
             if let Some(parent) = target.parent() {
                 mkdir_all(parent)?;
             }
-            if b.host.is_dir() {
+            let host = self.src(&b.host);
+            if host.is_dir() {
                 mkdir_all(&target)?;
             } else {
                 touch(&target)?;
             }
-            bind(&b.host, &target, b.readonly)?;
+            bind(&host, &target, b.readonly)?;
         }
 
         airlock_core::startup::trace("mounts: system, dev, proc, sys, home, workspace");
@@ -515,7 +587,21 @@ impl MountPlan {
         }
 
         if let Some(at) = &self.share_tree {
-            self.build_share_tree(&under(r, at))?;
+            self.build_share_tree(r, &under(r, at))?;
+        }
+        // The staging mounts go; what was built from them keeps its own references.
+        if !self.staged_sources.is_empty() {
+            crate::idmapped::unstage(Path::new(STAGE_DIR))?;
+        }
+        if volatile_layers.is_some() {
+            let dir = Path::new(VOLATILE_DIR);
+            // SAFETY: detaching the tmpfs we mounted there, by a valid path.
+            if unsafe { libc::umount2(c"./.airlock-layers".as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(NsError::last(
+                    "detaching the in-memory layers' staging mount",
+                ));
+            }
+            std::fs::remove_dir(dir).map_err(|e| NsError::path(dir, e))?;
         }
 
         // Switch root: pivot_root(".", ".") stacks the old root under the new one; detaching it
@@ -559,8 +645,7 @@ fn mask_dir(target: &Path) -> Result<()> {
 
 impl MountPlan {
     /// See [`MountPlan::share_tree`]. Runs after the masks: recursive binds carry them along.
-    fn build_share_tree(&self, share: &Path) -> Result<()> {
-        let r = &self.root;
+    fn build_share_tree(&self, r: &Path, share: &Path) -> Result<()> {
         mkdir_all(share)?;
         mount(
             Some("tmpfs"),

@@ -92,18 +92,35 @@ pub struct IdMap {
     pub deny_setgroups: bool,
     /// Whether a full range of ids is mapped (so `chown`, apt-get and friends work inside).
     pub full_range: bool,
+    /// For a root invoker: the first host id of the sandbox's range (inside id 0). Host files
+    /// are shown with their own owners through idmapped mounts (see [`crate::idmapped`]).
+    pub shifted_base: Option<u32>,
 }
 
+/// How many ids a root invoker's sandbox gets (inside 0..65535), like a subordinate range.
+pub const SHIFTED_RANGE: u32 = 65536;
+/// Root invokers' sandboxes get their range from slots of [`SHIFTED_RANGE`] ids starting here:
+/// 0x40000000-0x5fffffff, inside the block systemd documents for container ranges
+/// (524288-1879048191) and far above the subordinate ranges `useradd` hands out (100000+).
+const SHIFTED_FIRST: u32 = 0x4000_0000;
+const SHIFTED_SLOTS: u64 = 8192;
+
 impl IdMap {
-    /// Root gets all ids mapped onto themselves: files keep their owners, while capabilities stay
-    /// confined to the sandbox's user namespace. Everyone else maps exactly their own uid and gid.
-    pub fn for_invoker(euid: u32, egid: u32) -> IdMap {
+    /// Root never stays root: a root invoker's sandbox maps inside ids 0..65535 onto a range of
+    /// unused host ids picked from the sandbox's name (so two sandboxes rarely share one), and
+    /// host files keep their owners inside through idmapped mounts. Everyone else maps exactly
+    /// their own uid and gid.
+    pub fn for_invoker(euid: u32, egid: u32, sandbox: &str) -> IdMap {
         if euid == 0 {
+            let slot = airlock_core::units::fnv1a(sandbox.bytes()) % SHIFTED_SLOTS;
+            let base = SHIFTED_FIRST + slot as u32 * SHIFTED_RANGE;
+            let line = format!("0 {base} {SHIFTED_RANGE}\n");
             IdMap {
-                uid_map: "0 0 4294967295\n".into(),
-                gid_map: "0 0 4294967295\n".into(),
+                uid_map: line.clone(),
+                gid_map: line,
                 deny_setgroups: false,
                 full_range: true,
+                shifted_base: Some(base),
             }
         } else {
             IdMap {
@@ -111,7 +128,32 @@ impl IdMap {
                 gid_map: format!("{egid} {egid} 1\n"),
                 deny_setgroups: true,
                 full_range: false,
+                shifted_base: None,
             }
+        }
+    }
+
+    /// Also map host group `host_gid` (a device's group, e.g. kvm's) into a shifted range, at an
+    /// inside id above the range; returns that inside id for the process that needs the device.
+    pub fn map_host_group(&mut self, host_gid: u32) -> Option<u32> {
+        self.shifted_base?;
+        let inside = SHIFTED_RANGE + self.gid_map.lines().count() as u32 - 1;
+        self.gid_map.push_str(&format!("{inside} {host_gid} 1\n"));
+        Some(inside)
+    }
+
+    /// What `inspect` says about the sandbox's ids.
+    pub fn describe(&self) -> String {
+        match self.shifted_base {
+            Some(base) => format!(
+                "root inside is host uid {base} (ids 0-{} map to {base}-{}); host files keep their owners through idmapped mounts",
+                SHIFTED_RANGE - 1,
+                base as u64 + SHIFTED_RANGE as u64 - 1
+            ),
+            None => format!(
+                "only your own uid/gid are mapped ({})",
+                self.uid_map.split_whitespace().next().unwrap_or("?")
+            ),
         }
     }
 
@@ -128,6 +170,23 @@ impl IdMap {
         }
         w("gid_map", &self.gid_map)
     }
+}
+
+/// Host groups of the device nodes `devices` (names under /dev) that a shifted sandbox must map
+/// in for its processes to open them (root's group needs no mapping: such a node is world-usable
+/// or not usable at all). The n-th one is inside gid [`SHIFTED_RANGE`] + n.
+pub fn device_groups(devices: &[String]) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut gids: Vec<u32> = Vec::new();
+    for d in devices {
+        if let Ok(m) = std::fs::metadata(Path::new("/dev").join(d))
+            && m.gid() != 0
+            && !gids.contains(&m.gid())
+        {
+            gids.push(m.gid());
+        }
+    }
+    gids
 }
 
 /// A handle on a running sandbox's namespaces: a pidfd of its init.

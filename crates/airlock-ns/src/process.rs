@@ -32,6 +32,11 @@ pub struct CommandSpec {
     uid: u32,
     gid: u32,
     set_groups: bool,
+    /// Supplementary groups besides `gid` (the groups of devices a jail's VMM opens).
+    extra_groups: Vec<u32>,
+    /// Started by root: take root's ids inside before anything else (see
+    /// [`crate::init::become_ns_root`]); `airlock exec` arrives with the host's.
+    ns_root_first: bool,
     tty: bool,
     rlimits: Rlimits,
     host_exe: Option<OwnedFd>,
@@ -184,6 +189,9 @@ impl CommandSpec {
             uid: spec.user.uid,
             gid: spec.user.gid,
             set_groups: spec.user.uid == 0,
+            extra_groups: Vec::new(),
+            // SAFETY: geteuid cannot fail.
+            ns_root_first: unsafe { libc::geteuid() } == 0,
             tty,
             rlimits,
             host_exe,
@@ -192,6 +200,12 @@ impl CommandSpec {
 
     pub fn tty(&self) -> bool {
         self.tty
+    }
+
+    /// Add supplementary groups (inside ids) to the command's.
+    pub fn with_extra_groups(mut self, groups: Vec<u32>) -> CommandSpec {
+        self.extra_groups = groups;
+        self
     }
 
     /// Become the command. Runs in a freshly forked, single-threaded child that is already in all
@@ -227,6 +241,9 @@ impl CommandSpec {
             if libc::setsid() < 0 {
                 return Err(fail("setsid"));
             }
+            if self.ns_root_first {
+                crate::init::become_ns_root().map_err(|e| (126, e))?;
+            }
             libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -248,8 +265,9 @@ impl CommandSpec {
         // SAFETY: credential syscalls with integer arguments / a pointer to a local.
         unsafe {
             if self.set_groups {
-                let g = self.gid;
-                if libc::setgroups(1, &g) != 0 {
+                let mut g = vec![self.gid];
+                g.extend_from_slice(&self.extra_groups);
+                if libc::setgroups(g.len(), g.as_ptr()) != 0 {
                     return Err(fail("setgroups"));
                 }
             }

@@ -157,6 +157,24 @@ pub struct Booted {
     pub sock: OwnedFd,
     pub enforcement: Enforcement,
     pub system_mode: String,
+    /// How the sandbox's ids map to the host's (for `inspect`).
+    pub ids: String,
+}
+
+fn describe_ids(idmap: &IdMap, sources: Option<&crate::idmapped::Sources>) -> String {
+    let mut d = idmap.describe();
+    if let Some(s) = sources.filter(|s| !s.not_idmapped.is_empty()) {
+        let paths: Vec<String> = s
+            .not_idmapped
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        d.push_str(&format!(
+            "; not idmappable, so owned by nobody inside: {}",
+            paths.join(", ")
+        ));
+    }
+    d
 }
 
 /// Create the sandbox's namespaces and init. `main` becomes the first command.
@@ -189,7 +207,11 @@ fn boot_inner(
 ) -> Result<Booted> {
     // SAFETY: geteuid/getegid cannot fail.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let idmap = IdMap::for_invoker(euid, egid);
+    let mut idmap = IdMap::for_invoker(euid, egid, &spec.name);
+    // A jail's devices (kvm) are reached through their group, mapped in for a shifted sandbox.
+    for gid in namespaces::device_groups(&extras.devices) {
+        idmap.map_host_group(gid);
+    }
     let runtime = store.runtime_dir(&spec.name);
     let root = runtime.join("root");
     std::fs::create_dir_all(&root).map_err(|e| NsError::path(&root, e))?;
@@ -235,10 +257,10 @@ fn boot_inner(
         }
         plan.template = Some(dir);
     }
-    if spec.ephemeral {
-        let dir = runtime.join("layers");
-        std::fs::create_dir_all(&dir).map_err(|e| NsError::path(&dir, e))?;
-        plan.volatile_layers = Some(dir);
+    plan.volatile_layers = spec.ephemeral;
+    if idmap.shifted_base.is_some() {
+        plan.shifted = true;
+        plan.staged_sources = plan.host_sources();
     }
     let system_mode = if idmap.full_range {
         "cow".to_string()
@@ -294,10 +316,25 @@ fn boot_inner(
     if let Err(e) = idmap.write(pid) {
         return Err(fail(e));
     }
-    let send_byte = |b: u8| init::send(parent_sock.as_raw_fd(), &[b]);
+    // A shifted sandbox reads host paths through idmapped clones, sent with the "go".
+    let sources = if plan.shifted {
+        match crate::idmapped::clone_sources(pid, &plan.staged_sources) {
+            Ok(s) => Some(s),
+            Err(e) => return Err(fail(e)),
+        }
+    } else {
+        None
+    };
+    let raw: Vec<RawFd> = sources
+        .iter()
+        .flat_map(|s| s.fds.iter().map(|f| f.as_raw_fd()))
+        .collect();
     // The child joins its cgroup itself, first thing after GO (see `cgroups::join_self`).
-    send_byte(MSG_GO);
-    send_byte(MSG_IN_CGROUP);
+    init::send_with_fds(parent_sock.as_raw_fd(), &[MSG_GO], &raw);
+    drop(raw);
+    let ids = describe_ids(&idmap, sources.as_ref());
+    drop(sources);
+    init::send(parent_sock.as_raw_fd(), &[MSG_IN_CGROUP]);
     airlock_core::startup::trace("boot: maps written, in cgroup");
     // First the network sockets (or an early error), then "ready" (or the error).
     let (net, mut buf, mut n) = match crate::net::InsideSockets::recv(parent_sock.as_raw_fd()) {
@@ -320,6 +357,7 @@ fn boot_inner(
             sock: parent_sock,
             enforcement,
             system_mode,
+            ids,
         }),
         Some(&MSG_ERROR) if n >= 1 => {
             let msg = String::from_utf8_lossy(&buf[1..n]).into_owned();
@@ -373,6 +411,7 @@ fn runtime_state(booted: &Booted, net: Option<&crate::net::SandboxNet>) -> Runti
             .map(|c| c.dirs.clone())
             .unwrap_or_default(),
         system_mode: booted.system_mode.clone(),
+        ids: booted.ids.clone(),
         network: net
             .map(|n| n.description.clone())
             .unwrap_or_else(|| "loopback only".into()),
@@ -776,7 +815,16 @@ fn supervisor_main(
                 enforcement.rlimits,
                 j.main.host_executable.as_deref(),
             ) {
-                Ok(c) => (Some(c), j.mounts, Some(j.ready)),
+                Ok(c) => {
+                    // SAFETY: geteuid cannot fail.
+                    let groups = if unsafe { libc::geteuid() } == 0 {
+                        let n = namespaces::device_groups(&j.mounts.devices).len() as u32;
+                        (0..n).map(|i| namespaces::SHIFTED_RANGE + i).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    (Some(c.with_extra_groups(groups)), j.mounts, Some(j.ready))
+                }
                 Err(e) => {
                     if let Some(cg) = &enforcement.cgroup {
                         cgroups::remove(cg);

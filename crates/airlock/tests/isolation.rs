@@ -3,6 +3,7 @@
 mod common;
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Stdio;
 
 use common::*;
@@ -321,5 +322,165 @@ fn installing_into_system_directories_stays_in_the_sandbox_when_ids_allow() {
             !std::path::Path::new(&marker).exists(),
             "the host's /usr must never change"
         );
+    }
+}
+
+/// Host ids (real, effective, saved, filesystem) of a process, from /proc/PID/status.
+fn host_uids(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn root_inside_is_never_root_outside() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        // A host file only its owner may read, and one owned by an id no sandbox maps.
+        std::fs::write(env.ws.join("owner-only"), "mine\n").unwrap();
+        std::fs::set_permissions(
+            env.ws.join("owner-only"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::write(env.ws.join("stranger"), "not yours\n").unwrap();
+        env.chown_all();
+        let name = unique("ids");
+        let out = env.airlock(&["create", "--name", &name]);
+        assert!(out.status.success(), "{}: {}", who.label(), stderr(&out));
+        std::os::unix::fs::chown(env.ws.join("stranger"), Some(3_000_000_000), None).unwrap();
+        let out = env.airlock(&[
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; id -u; cat owner-only; stat -c '%u' owner-only stranger; echo new > made-inside; stat -c '%u' made-inside",
+        ]);
+        let text = stdout(&out);
+        assert!(
+            out.status.success(),
+            "{}: {text} {}",
+            who.label(),
+            stderr(&out)
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        let map: Vec<u64> = lines[0]
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let inside_uid: u32 = lines[1].parse().unwrap();
+        assert_eq!(
+            inside_uid,
+            who.uid(),
+            "{}: the agent runs as the invoker's uid",
+            who.label()
+        );
+        if who.is_root() {
+            assert_eq!(map[0], 0, "root: the map starts at uid 0 inside");
+            assert!(
+                map[1] >= 65536,
+                "root: uid 0 inside must map to an unprivileged host uid, got {text}"
+            );
+            assert_eq!(
+                map[2], 65536,
+                "root: a subordinate-sized range, not all ids: {text}"
+            );
+        } else {
+            assert_eq!(
+                map,
+                vec![who.uid() as u64, who.uid() as u64, 1],
+                "{}: only the user's own uid",
+                who.label()
+            );
+        }
+        // Idmapped mounts: the workspace keeps its owners inside, an unmapped owner is nobody.
+        assert_eq!(
+            lines[2],
+            "mine",
+            "{}: the owner reads its 0600 file",
+            who.label()
+        );
+        assert_eq!(
+            lines[3],
+            who.uid().to_string(),
+            "{}: host owner shown inside",
+            who.label()
+        );
+        assert_eq!(
+            lines[4],
+            "65534",
+            "{}: an id outside the map is nobody",
+            who.label()
+        );
+        assert_eq!(lines[5], who.uid().to_string(), "{}", who.label());
+
+        // From the host, every process of the sandbox runs under a non-root uid.
+        let info = inspect(&env, &name);
+        let init = info["init_pid"].as_i64().unwrap() as i32;
+        let uids = host_uids(init);
+        if who.is_root() {
+            assert!(
+                uids.iter().all(|&u| u as u64 == map[1]),
+                "root: the sandbox's init must run as the mapped host uid {}, not as root: {uids:?}",
+                map[1]
+            );
+        } else {
+            assert!(uids.iter().all(|&u| u == who.uid()), "{uids:?}");
+        }
+        // A command started by `exec` (the path that joins from the host) too.
+        let mut child = env
+            .command(&["exec", &name, "--", "sleep", "30"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut sleeper = None;
+        wait_until(
+            || {
+                sleeper = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                    let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+                    let same_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?
+                        == std::fs::read_link(format!("/proc/{init}/ns/pid")).ok()?;
+                    (same_ns && cmd.starts_with("sleep\0")).then_some(pid)
+                });
+                sleeper.is_some()
+            },
+            "the exec'd sleep to appear",
+        );
+        let uids = host_uids(sleeper.unwrap());
+        assert!(
+            uids.iter()
+                .all(|&u| u != 0 && (!who.is_root() || u as u64 == map[1])),
+            "{}: exec'd commands must not run as host root: {uids:?}",
+            who.label()
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        // What the agent wrote to its cow layer belongs on disk to the invoker (root's files to
+        // root), not to the shifted id: diff, apply and templates see the host's ids.
+        let upper = env
+            .airlock_home
+            .join("data/sandboxes")
+            .join(&name)
+            .join("layers/workspace/upper/made-inside");
+        assert_eq!(
+            std::fs::metadata(&upper).unwrap().uid(),
+            who.uid(),
+            "{}: owner of {} on disk",
+            who.label(),
+            upper.display()
+        );
+        assert!(
+            !env.ws.join("made-inside").exists(),
+            "cow: the host workspace is untouched"
+        );
+        let out = env.airlock(&["rm", "-f", &name]);
+        assert!(out.status.success(), "{}", stderr(&out));
     }
 }

@@ -98,6 +98,8 @@ struct Inspect<'a> {
     limits: &'a airlock_core::spec::Limits,
     limits_enforcement: Option<&'a str>,
     system: Option<&'a str>,
+    /// How the sandbox's ids map to the host's.
+    ids: Option<&'a str>,
     network: Option<&'a str>,
     /// The VMM, accelerator and guest kernel of a microVM sandbox.
     vm: Option<&'a str>,
@@ -162,6 +164,7 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
         limits: &spec.limits,
         limits_enforcement: st.map(|s| s.limits_enforcement.as_str()),
         system: st.map(|s| s.system_mode.as_str()),
+        ids: st.map(|s| s.ids.as_str()).filter(|s| !s.is_empty()),
         network: st.map(|s| s.network.as_str()),
         vm: st.and_then(|s| s.vm.as_deref()),
         docker: spec.docker,
@@ -220,6 +223,9 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
     }
     if let Some(s) = info.system {
         println!("  system dirs   {s}");
+    }
+    if let Some(s) = info.ids {
+        println!("  ids           {s}");
     }
     if let Some(n) = info.network {
         println!("  network       {n}");
