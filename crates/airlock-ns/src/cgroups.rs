@@ -253,7 +253,14 @@ pub fn create(h: &Hierarchy, scope: &Path, name: &str, limits: &Limits) -> Place
 pub fn open_procs(dirs: &[PathBuf]) -> Result<Vec<std::fs::File>> {
     dirs.iter()
         .map(|d| {
-            let p = d.join("cgroup.procs");
+            // v1: `tasks`, where writing "0" moves the calling thread without the cgroup
+            // thread-group lock (see `join_self`); v2 (it has `cgroup.controllers`) refuses to
+            // move a single thread across domains: `cgroup.procs` there.
+            let p = if d.join("cgroup.controllers").exists() {
+                d.join("cgroup.procs")
+            } else {
+                d.join("tasks")
+            };
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(&p)
@@ -273,10 +280,13 @@ impl Cgroup {
     }
 }
 
-/// Move the calling process into the cgroups whose `cgroup.procs` files are open on `fds`
-/// (from [`Cgroup::open_procs`]). A process moving itself ("0") is ~0.05 ms; a supervisor moving
-/// another process takes the cgroup thread-group lock for writing, which waits for an RCU grace
-/// period (~8 ms measured here on cgroup v1): the largest single cost of a cold start, until now.
+/// Move the calling process (single-threaded, just cloned) into the cgroups whose files are
+/// open on `fds` (from [`open_procs`]). Moving a whole process takes the kernel's cgroup
+/// thread-group lock for writing, which waits for an RCU grace period: 6-24 ms measured here
+/// after an idle moment, the largest single cost of a cold start, whether the process moves
+/// itself or is moved. On v1 the process writes "0" to `tasks` instead: moving the calling
+/// thread needs no such lock (the kernel's `cgroup_procs_write_start`), and a single-threaded
+/// process is wholly moved with its thread: 0.27 ms measured (Python, same machine).
 pub fn join_self(fds: &[std::os::fd::RawFd]) -> std::result::Result<(), String> {
     for &fd in fds {
         // SAFETY: writing one byte from a static buffer to a descriptor we own.

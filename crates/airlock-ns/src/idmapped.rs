@@ -7,8 +7,9 @@
 //! the sandbox's user namespace as its idmap (`mount_setattr(MOUNT_ATTR_IDMAP)`): a file owned by
 //! host uid N appears as uid N inside, and what root inside writes lands on disk as uid 0. The
 //! descriptors go to the sandbox's init with the "go" message; it attaches them under a staging
-//! directory of its new root (`move_mount`), builds its filesystem from there, and detaches the
-//! staging mounts before `pivot_root` (overlays and binds keep their own references).
+//! directory beside its new root (`move_mount`), builds its filesystem from there, and the
+//! staging mounts go with the host's root at `pivot_root` (overlays and binds keep their own
+//! references).
 //!
 //! Where a filesystem cannot be idmapped (no `FS_ALLOW_IDMAP`: network and FUSE filesystems,
 //! device nodes), the clone is used as is: its files appear owned by `nobody` inside, which never
@@ -136,26 +137,6 @@ pub fn stage(fds: Vec<OwnedFd>, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Detach and remove everything [`stage`] attached under `dir`, then `dir` itself.
-pub fn unstage(dir: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| NsError::path(dir, e))?;
-    for e in entries.flatten() {
-        let p = e.path();
-        let c = CString::new(p.as_os_str().as_bytes()).expect("index paths have no NUL");
-        // SAFETY: umount2 of a mount we attached, by a valid path.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            return Err(NsError::last(format!("detaching {}", p.display())));
-        }
-        let removed = if p.is_dir() {
-            std::fs::remove_dir(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        removed.map_err(|e| NsError::path(&p, e))?;
-    }
-    std::fs::remove_dir(dir).map_err(|e| NsError::path(dir, e))
 }
 
 fn mkdir(p: &Path, mode: u32) -> Result<()> {

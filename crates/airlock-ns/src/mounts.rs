@@ -7,8 +7,9 @@
 //! ends with `pivot_root`, after which no host path is reachable.
 
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use airlock_core::spec::{SandboxSpec, WorkspaceMode};
@@ -18,12 +19,6 @@ use crate::layers::Layers;
 
 /// Host system directories shown inside (copy-on-write where ids allow, otherwise read-only).
 pub const SYSTEM_DIRS: &[&str] = &["usr", "etc", "opt", "var", "srv"];
-
-/// Where host paths are attached while a shifted sandbox's filesystem is built (relative to the
-/// new root; removed before `pivot_root`).
-const STAGE_DIR: &str = ".airlock-stage";
-/// Where a `--rm` sandbox's in-memory layers are attached while its filesystem is built.
-const VOLATILE_DIR: &str = ".airlock-layers";
 
 /// Where `--ssh-agent` shows the caller's agent socket inside the sandbox.
 pub const SSH_AGENT_SOCK: &str = "/run/airlock/ssh-agent.sock";
@@ -165,6 +160,11 @@ pub struct MountPlan {
     /// Host paths the supervisor clones as idmapped mounts for a shifted sandbox (see
     /// [`crate::idmapped`]), in the order of the descriptors the init receives.
     pub staged_sources: Vec<PathBuf>,
+    /// An empty host directory beside `root` (in the sandbox's mount namespace only) where a
+    /// tmpfs holds the idmapped clones and a `--rm` sandbox's in-memory layers while the
+    /// filesystem is built. It is outside the new root, so it goes with the host's root at
+    /// `pivot_root` (one detach for everything; each separate unmount costs an RCU grace period).
+    pub stage: PathBuf,
     /// A template's directory (`system/<dir>`, `home`) stacked under the sandbox's layers.
     pub template: Option<PathBuf>,
     /// Owner (uid, gid) of the home directory, for homes created in memory.
@@ -256,6 +256,7 @@ impl MountPlan {
             volatile_layers: false,
             shifted: false,
             staged_sources: Vec::new(),
+            stage: PathBuf::new(),
             network_capture: true,
             home_owner: (spec.user.uid, spec.user.gid),
             template: None,
@@ -285,11 +286,6 @@ impl MountPlan {
         v
     }
 
-    /// Where host path `p` is read from while the filesystem is built.
-    fn src(&self, p: &Path) -> PathBuf {
-        crate::idmapped::staged_path(&self.staged_sources, Path::new(STAGE_DIR), p)
-    }
-
     /// Build the sandbox's filesystem and switch to it. Runs in the child, in its own mount and
     /// user namespaces, before anything of the agent runs. `staged` are the idmapped clones of
     /// [`MountPlan::staged_sources`] (empty unless shifted).
@@ -302,17 +298,41 @@ impl MountPlan {
             libc::MS_REC | libc::MS_PRIVATE,
             None,
         )?;
+        let owner = if self.shifted { ",uid=0,gid=0" } else { "" };
         mount(
             Some("tmpfs"),
             &self.root,
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_NODEV,
-            Some(if self.shifted {
-                "mode=0755,size=16m,uid=0,gid=0"
-            } else {
-                "mode=0755,size=16m"
-            }),
+            Some(&format!("mode=0755,size=16m{owner}")),
         )?;
+        // The staging area, reached through a descriptor: acting as root inside (below), the
+        // host's directories above it are closed to us.
+        let needs_stage = !staged.is_empty() || self.volatile_layers;
+        let stage_fd = if needs_stage {
+            mount(
+                Some("tmpfs"),
+                &self.stage,
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(&format!("mode=0700{owner}")),
+            )?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(&self.stage)
+                .map_err(|e| NsError::path(&self.stage, e))?;
+            Some(std::os::fd::OwnedFd::from(f))
+        } else {
+            None
+        };
+        let stage = stage_fd
+            .as_ref()
+            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+            .unwrap_or_default();
+        // Where host path `p` is read from while the filesystem is built.
+        let src =
+            |p: &Path| crate::idmapped::staged_path(&self.staged_sources, &stage.join("src"), p);
         // Everything below is relative to the new root: in a shifted sandbox the host's own
         // directories above it (Airlock's 0700 state) are not reachable once we act as root
         // inside, which is the point.
@@ -334,7 +354,7 @@ impl MountPlan {
             }
         }
         if !staged.is_empty() {
-            crate::idmapped::stage(staged, Path::new(STAGE_DIR))?;
+            crate::idmapped::stage(staged, &stage.join("src"))?;
         }
 
         // A sandbox deleted when its command exits keeps its layers in memory: nothing there
@@ -342,29 +362,29 @@ impl MountPlan {
         // is attached in the new root only while the filesystem is built (overlays and binds
         // keep their own references).
         let volatile_layers = if self.volatile_layers {
-            let dir = Path::new(VOLATILE_DIR);
-            mkdir(dir, 0o700)?;
+            let dir = stage.join("layers");
+            mkdir(&dir, 0o700)?;
             mount(
                 Some("tmpfs"),
-                dir,
+                &dir,
                 Some("tmpfs"),
                 libc::MS_NOSUID | libc::MS_NODEV,
                 Some("mode=0700"),
             )?;
-            Some(Layers::new(dir))
+            Some(Layers::new(&dir))
         } else {
             None
         };
-        let disk_layers = Layers::new(&self.src(&self.layers.dir));
+        let disk_layers = Layers::new(&src(&self.layers.dir));
         for d in &self.system_dirs {
-            let host = self.src(&Path::new("/").join(d));
+            let host = src(&Path::new("/").join(d));
             let target = r.join(d);
             mkdir(&target, 0o755)?;
             // A template's frozen layer for this directory sits between the host's and ours.
             let lower = match self
                 .template
                 .as_ref()
-                .map(|t| self.src(&t.join("system").join(d)))
+                .map(|t| src(&t.join("system").join(d)))
                 .filter(|t| t.is_dir())
             {
                 Some(t) => format!("{}:{}", t.display(), host.display()),
@@ -496,7 +516,7 @@ impl MountPlan {
         match self
             .template
             .as_ref()
-            .map(|t| self.src(&t.join("home")))
+            .map(|t| src(&t.join("home")))
             .filter(|t| t.is_dir())
         {
             // Warm caches from a template: its frozen home under the sandbox's own.
@@ -511,7 +531,7 @@ impl MountPlan {
         // The workspace, at its host path.
         let ws = under(r, &self.workspace);
         mkdir_all(&ws)?;
-        let host_ws = self.src(&self.workspace);
+        let host_ws = src(&self.workspace);
         match self.mode {
             WorkspaceMode::Cow => {
                 let (upper, work) = layers.workspace();
@@ -527,8 +547,8 @@ impl MountPlan {
             }
         }
 
-        if let Some(src) = &self.resolv_conf {
-            show_file_at(r, Path::new("/etc/resolv.conf"), &self.src(src))?;
+        if let Some(file) = &self.resolv_conf {
+            show_file_at(r, Path::new("/etc/resolv.conf"), &src(file))?;
         }
         if let Some(sock) = &self.ssh_agent {
             let target = under(r, Path::new(SSH_AGENT_SOCK));
@@ -536,17 +556,17 @@ impl MountPlan {
                 mkdir_all(parent)?;
             }
             touch(&target)?;
-            bind(&self.src(sock), &target, false)?;
+            bind(&src(sock), &target, false)?;
         }
-        if let Some(src) = &self.trust_bundle {
-            show_file_at(r, Path::new(crate::net::TRUST_BUNDLE), &self.src(src))?;
+        if let Some(file) = &self.trust_bundle {
+            show_file_at(r, Path::new(crate::net::TRUST_BUNDLE), &src(file))?;
         }
         for b in &self.extra_binds {
             let target = under(r, &b.inside);
             if let Some(parent) = target.parent() {
                 mkdir_all(parent)?;
             }
-            let host = self.src(&b.host);
+            let host = src(&b.host);
             if host.is_dir() {
                 mkdir_all(&target)?;
             } else {
@@ -589,20 +609,6 @@ impl MountPlan {
         if let Some(at) = &self.share_tree {
             self.build_share_tree(r, &under(r, at))?;
         }
-        // The staging mounts go; what was built from them keeps its own references.
-        if !self.staged_sources.is_empty() {
-            crate::idmapped::unstage(Path::new(STAGE_DIR))?;
-        }
-        if volatile_layers.is_some() {
-            let dir = Path::new(VOLATILE_DIR);
-            // SAFETY: detaching the tmpfs we mounted there, by a valid path.
-            if unsafe { libc::umount2(c"./.airlock-layers".as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(NsError::last(
-                    "detaching the in-memory layers' staging mount",
-                ));
-            }
-            std::fs::remove_dir(dir).map_err(|e| NsError::path(dir, e))?;
-        }
 
         // Switch root: pivot_root(".", ".") stacks the old root under the new one; detaching it
         // leaves no path back to the host.
@@ -617,6 +623,7 @@ impl MountPlan {
             return Err(NsError::last("detaching the host's root"));
         }
         chdir(Path::new("/"))?;
+        drop(stage_fd);
         // The root tmpfs itself (mount points and symlinks) becomes read-only.
         mount(
             None,

@@ -221,7 +221,10 @@ fn boot_inner(
         layers.create(true)?;
     }
     let state_dirs = [store.paths.data.clone(), store.paths.runtime.clone()];
+    let stage = runtime.join("stage");
+    std::fs::create_dir_all(&stage).map_err(|e| NsError::path(&stage, e))?;
     let mut plan = MountPlan::for_sandbox(spec, layers, root, idmap.full_range, &state_dirs);
+    plan.stage = stage;
     let resolv = runtime.join("resolv.conf");
     std::fs::write(&resolv, crate::net::resolv_conf()).map_err(|e| NsError::path(&resolv, e))?;
     plan.resolv_conf = Some(resolv);
@@ -424,7 +427,15 @@ fn finish(store: &Store, spec: &SandboxSpec, booted: &Booted) {
         cgroups::remove(cg);
     }
     let _ = store.clear_runtime(&spec.name);
-    let _ = std::fs::remove_dir(store.runtime_dir(&spec.name).join("root"));
+    remove_mountpoints(store, &spec.name);
+}
+
+/// The empty directories the init mounted its root and staging area on (in its own mount
+/// namespace; on the host they stay empty).
+fn remove_mountpoints(store: &Store, name: &str) {
+    for d in ["root", "stage"] {
+        let _ = std::fs::remove_dir(store.runtime_dir(name).join(d));
+    }
 }
 
 fn exit_code(status: libc::c_int) -> i32 {
@@ -613,7 +624,7 @@ pub fn run_foreground(
     let mut booted = match booted {
         Ok(b) => b,
         Err(e) => {
-            let _ = std::fs::remove_dir(store.runtime_dir(&spec.name).join("root"));
+            remove_mountpoints(store, &spec.name);
             return Err(e);
         }
     };
