@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 mod intercept;
+mod relay;
 
 use crate::dns::{DnsConfig, DnsServer, PinSet, Upstream, is_transient_accept_error};
 use crate::inject::{Injection, Injector};
@@ -279,7 +280,7 @@ impl Gate {
     /// Handles one proxy client connection (SOCKS5, CONNECT or plain HTTP).
     pub async fn handle_proxy<S>(&self, mut client: S)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut first = [0u8; 1];
         let t = self.inner.config.handshake_timeout;
@@ -408,7 +409,7 @@ impl Gate {
 
     async fn http<S>(&self, mut client: S, first: u8)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut buf = vec![first];
         let head_len = match tokio::time::timeout(
@@ -697,7 +698,7 @@ impl Gate {
 
     async fn connect_tunnel<S>(&self, mut client: S, host: String, port: u16, early: Vec<u8>)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (up, _) = match self
             .decide_and_connect(DecisionPath::ProxyConnect, &host, port)
@@ -731,7 +732,7 @@ impl Gate {
         port: u16,
         early: Vec<u8>,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (sniffed, buf) = sniff(&mut client, early, Some(&up), None, false).await;
         let host_n = normalize_host(host);
@@ -769,7 +770,7 @@ impl Gate {
 
     async fn socks5<S>(&self, mut client: S)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Only the handshake is under the handshake timeout, not the tunnel.
         let t = self.inner.config.handshake_timeout;
@@ -832,7 +833,7 @@ impl Gate {
         original_dst: SocketAddr,
         resolved_name: Option<String>,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let path = DecisionPath::Transparent;
         let ip = original_dst.ip();
@@ -1414,13 +1415,23 @@ impl Drop for NetService {
     }
 }
 
-/// Copy both ways until both sides close. 256 KiB buffers instead of tokio's default 8 KiB: a
-/// 64 KiB segment from the sandbox then costs one write upstream, not eight.
+/// Relays both ways until both sides close; returns the bytes moved `a` to `b` and `b` to `a`.
+///
+/// Two kernel sockets (a proxy client and its upstream connection) are relayed in the kernel with
+/// splice(2) ([`relay`]). Anything else (the transparent path's in-process stream) is copied with
+/// 256 KiB buffers instead of tokio's default 8 KiB: a 64 KiB segment from the sandbox then costs
+/// one write upstream, not eight.
 async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
 where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    A: AsyncRead + AsyncWrite + Unpin + std::any::Any,
+    B: AsyncRead + AsyncWrite + Unpin + std::any::Any,
 {
+    if let (Some(ka), Some(kb)) = (relay::kernel_socket(a), relay::kernel_socket(b))
+        // Out of descriptors for the pipes: copying still works.
+        && let Ok(pipes) = relay::Pipes::new()
+    {
+        return relay::splice_bidirectional(ka, kb, pipes).await;
+    }
     tokio::io::copy_bidirectional_with_sizes(a, b, 256 * 1024, 256 * 1024).await
 }
 
