@@ -484,3 +484,55 @@ fn root_inside_is_never_root_outside() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
 }
+
+/// Masks in copy-on-write system directories live in the sandbox's own upper layer (an empty
+/// file, an empty opaque directory): whatever the agent does to them, and across restarts, the
+/// host's content never shows.
+#[test]
+fn masks_hold_whatever_the_agent_does_and_across_restarts() {
+    let host_private = std::fs::read_dir("/etc/ssl/private")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    for who in everyone() {
+        let env = Env::new(&who);
+        let name = unique("masks");
+        let out = env.airlock(&["create", "--name", &name]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let check = "grep -c . /etc/shadow || echo shadow-empty; ls -A /etc/ssl/private 2>/dev/null | wc -l";
+        let probe = |when: &str| {
+            let out = env.airlock(&["exec", &name, "--", "sh", "-c", check]);
+            let text = stdout(&out);
+            assert!(
+                text.contains("shadow-empty"),
+                "{} {when}: /etc/shadow shows host content: {text}",
+                who.label()
+            );
+            assert!(
+                text.trim_end().ends_with('0'),
+                "{} {when}: /etc/ssl/private shows the host's {host_private} entries: {text}",
+                who.label()
+            );
+        };
+        probe("at first");
+        if who.is_root() {
+            // The agent removes and recreates the masked paths; nothing of the host comes back.
+            let out = env.airlock(&[
+                "exec",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "rm -rf /etc/ssl/private && mkdir /etc/ssl/private && rm -f /etc/shadow && echo ok",
+            ]);
+            assert!(stdout(&out).contains("ok"), "{}", stderr(&out));
+            probe("after the agent recreated them");
+        }
+        for cmd in [["stop", &name], ["start", &name]] {
+            let out = env.airlock(&cmd);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        probe("after a restart");
+        let out = env.airlock(&["rm", "-f", &name]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}

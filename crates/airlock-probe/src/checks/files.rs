@@ -649,8 +649,21 @@ fn dotenv(o: &mut Out, ctx: &Ctx) {
     }
 }
 
+/// Whether a shadow(5) file holds at least one password hash (a second field that is not empty,
+/// `*` or `!`-locked). A sandbox's /etc/shadow is an empty stand-in: readable, but nothing in it.
+/// Only the verdict leaves this function, never the content.
+fn has_password_hash(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    text.lines().any(|l| {
+        let hash = l.split(':').nth(1).unwrap_or("");
+        !hash.is_empty() && !hash.starts_with('!') && !hash.starts_with('*')
+    })
+}
+
 fn system(o: &mut Out, ctx: &Ctx) {
-    if readable_file(Path::new("/etc/shadow")) {
+    if readable_file(Path::new("/etc/shadow")) && has_password_hash(Path::new("/etc/shadow")) {
         o.push(
             "file.shadow",
             Severity::High,
@@ -701,6 +714,29 @@ fn system(o: &mut Out, ctx: &Ctx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shadow_counts_only_real_password_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shadow");
+        std::fs::write(&f, "").unwrap();
+        assert!(!has_password_hash(&f), "an empty stand-in holds nothing");
+        std::fs::write(
+            &f,
+            "root:*:19000:0:99999:7:::\nbin:!:19000::::::\nx:!$6$locked:1::::::\n",
+        )
+        .unwrap();
+        assert!(
+            !has_password_hash(&f),
+            "locked and disabled accounts hold no usable hash"
+        );
+        std::fs::write(
+            &f,
+            "root:*:1::::::\nme:$y$j9T$salt$hash:19000:0:99999:7:::\n",
+        )
+        .unwrap();
+        assert!(has_password_hash(&f));
+    }
 
     #[test]
     fn key_headers() {
