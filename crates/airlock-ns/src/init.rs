@@ -139,8 +139,7 @@ pub fn run(
     send(sock, &[MSG_READY]);
 
     let main_pid = match main {
-        Some(cmd) => match namespaces::clone_process(0) {
-            Ok(0) => cmd.exec(seccomp, Some(sock)),
+        Some(cmd) => match namespaces::spawn_vfork(&mut || cmd.exec(seccomp, Some(sock))) {
             Ok(pid) => Some(pid),
             Err(e) => {
                 eprintln!("airlock: starting the command: {e}");

@@ -412,9 +412,7 @@ impl MountPlan {
                     lower.split(':').map(|l| staged_rel(Path::new(l))).collect();
                 let upper_rel = staged_rel(&upper);
                 in_stage(&mut || self.mask_in_upper(d, &lowers, &upper_rel))?;
-                airlock_core::startup::trace("mounts: masked in upper");
                 overlay(Path::new(&lower), &upper, &work, &target)?;
-                airlock_core::startup::trace("mounts: overlay");
             } else if lower.contains(':') {
                 // Rootless with a template: a read-only overlay of the template over the host.
                 mount(

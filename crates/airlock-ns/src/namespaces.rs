@@ -57,6 +57,60 @@ pub fn clone_process(flags: libc::c_int) -> Result<i32> {
     Ok(rc as i32)
 }
 
+/// Start `child` in a new process that shares our memory until it calls `execve` or exits
+/// (`CLONE_VM | CLONE_VFORK` on a stack of its own, as glibc's `posix_spawn` does); we are
+/// suspended until then. Unlike a fork, no page tables are copied and neither process takes
+/// copy-on-write faults afterwards: ~1 ms less for a process as large as Airlock's on every
+/// command the init starts. Returns the child's pid.
+///
+/// `child` must not return (it would be ended with status 127), and until its `execve` it must only make system calls that change
+/// per-process state (credentials, signal dispositions, fds, limits, seccomp): our memory is
+/// its memory. Only call from a single-threaded process.
+pub fn spawn_vfork(child: &mut dyn FnMut()) -> Result<i32> {
+    const STACK: usize = 256 * 1024;
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&mut &mut dyn FnMut` below, alive while we run: the parent is
+        // suspended (CLONE_VFORK) until this child has exec'd or exited.
+        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut()) };
+        f();
+        // SAFETY: `child` must not return; if it does, end the process without touching the
+        // memory it shares with its suspended parent.
+        unsafe { libc::_exit(127) }
+    }
+    // SAFETY: an anonymous private mapping for the child's stack; checked below.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(NsError::last("allocating a stack for the command"));
+    }
+    let mut f: &mut dyn FnMut() = child;
+    // SAFETY: the stack grows down from the end of our mapping; `entry` never returns into
+    // anything but `_exit`/`execve`; `f` outlives the child's use of it (CLONE_VFORK).
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            (stack as *mut u8).add(STACK).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut f as *mut &mut dyn FnMut()).cast(),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the child no longer runs on this stack: it has exec'd or exited.
+    unsafe { libc::munmap(stack, STACK) };
+    if pid < 0 {
+        return Err(NsError::sys("starting the command", err));
+    }
+    Ok(pid)
+}
+
 /// Why creating a user namespace failed, naming the setting that controls it.
 pub fn userns_hint(err: &std::io::Error) -> String {
     let read = |p: &str| {

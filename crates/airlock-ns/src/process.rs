@@ -230,14 +230,16 @@ impl CommandSpec {
         let fail = |what: &str| (126, format!("{what}: {}", std::io::Error::last_os_error()));
         // SAFETY: the calls below only take integers or pointers to locals that outlive them.
         unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut all);
-            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            // Dispositions first, then the mask: no handler of the parent's may run here (a
+            // command started by the init shares its memory until exec, see `spawn_vfork`).
             for sig in 1..libc::SIGRTMAX() {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                     libc::signal(sig, libc::SIG_DFL);
                 }
             }
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
             if libc::setsid() < 0 {
                 return Err(fail("setsid"));
             }

@@ -148,12 +148,11 @@ fn rlimits_of(spec: &SandboxSpec, state: &RuntimeState) -> Rlimits {
 
 pub struct Booted {
     /// Credentials to inject at the gate (their CA is already in the sandbox's trust bundle).
-    pub credentials: Option<crate::net::Credentials>,
     pub init_pid: i32,
     /// Channel to the init for connections to published ports.
     pub ports: OwnedFd,
-    /// The sandbox's network sockets, to be served by [`crate::net::SandboxNet`].
-    pub net: Option<crate::net::InsideSockets>,
+    /// The sandbox's network, served since its sockets arrived (see [`start_network`]).
+    pub net: Option<crate::net::SandboxNet>,
     pub sock: OwnedFd,
     pub enforcement: Enforcement,
     pub system_mode: String,
@@ -340,7 +339,7 @@ fn boot_inner(
     init::send(parent_sock.as_raw_fd(), &[MSG_IN_CGROUP]);
     airlock_core::startup::trace("boot: maps written, in cgroup");
     // First the network sockets (or an early error), then "ready" (or the error).
-    let (net, mut buf, mut n) = match crate::net::InsideSockets::recv(parent_sock.as_raw_fd()) {
+    let (sockets, mut buf, mut n) = match crate::net::InsideSockets::recv(parent_sock.as_raw_fd()) {
         Ok(Ok(sockets)) => (Some(sockets), vec![0u8; 4096], 0),
         Ok(Err(bytes)) => {
             let n = bytes.len();
@@ -348,12 +347,22 @@ fn boot_inner(
         }
         Err(e) => return Err(fail(e)),
     };
+    // The network is served from now on, while the init builds its filesystem (the other core's
+    // work): nothing inside can connect before the init is ready, and starting it here takes its
+    // ~0.4 ms off the start path. It stops with the value, on every path out of here.
+    let net = match sockets {
+        Some(sockets) => match start_network(store, spec, sockets, credentials, &ports_sock) {
+            Ok(net) => Some(net),
+            Err(e) => return Err(fail(e)),
+        },
+        None => None,
+    };
+    airlock_core::startup::trace("boot: network served");
     if net.is_some() {
         n = recv(parent_sock.as_raw_fd(), &mut buf);
     }
     match buf.first() {
         Some(&MSG_READY) if n >= 1 => Ok(Booted {
-            credentials,
             init_pid: pid,
             ports: ports_sock,
             net,
@@ -376,16 +385,14 @@ fn boot_inner(
 fn start_network(
     store: &Store,
     spec: &SandboxSpec,
-    booted: &mut Booted,
-) -> Result<Option<crate::net::SandboxNet>> {
-    let Some(sockets) = booted.net.take() else {
-        return Ok(None);
-    };
-    let ports = booted
-        .ports
+    sockets: crate::net::InsideSockets,
+    credentials: Option<crate::net::Credentials>,
+    ports: &OwnedFd,
+) -> Result<crate::net::SandboxNet> {
+    let ports = ports
         .try_clone()
         .map_err(|e| NsError::sys("the ports channel", e))?;
-    let mut net = crate::net::SandboxNet::start(store, spec, sockets, booted.credentials.take())?;
+    let mut net = crate::net::SandboxNet::start(store, spec, sockets, credentials)?;
     net.publisher = Some(crate::ports::Publisher::start(
         ports,
         &spec.network.publish,
@@ -395,7 +402,7 @@ fn start_network(
         crate::net::paths(store, spec),
         Duration::from_millis(500),
     );
-    Ok(Some(net))
+    Ok(net)
 }
 
 fn runtime_state(booted: &Booted, net: Option<&crate::net::SandboxNet>) -> RuntimeState {
@@ -629,19 +636,9 @@ pub fn run_foreground(
         }
     };
     airlock_core::startup::trace("boot: init ready");
-    let net = match start_network(store, spec, &mut booted) {
-        Ok(n) => n,
-        Err(e) => {
-            // SAFETY: killing and reaping our own child, the init.
-            unsafe {
-                libc::kill(booted.init_pid, libc::SIGKILL);
-                libc::waitpid(booted.init_pid, std::ptr::null_mut(), 0);
-            }
-            finish(store, spec, &booted);
-            return Err(e);
-        }
-    };
+    let net = booted.net.take();
     let _ = store.write_runtime(&spec.name, &runtime_state(&booted, net.as_ref()));
+    airlock_core::startup::trace("run: state written");
     on_ready();
     let master = if req.tty {
         Some(accept_pty(booted.sock.as_raw_fd())?)
@@ -854,16 +851,7 @@ fn supervisor_main(
             return 1;
         }
     };
-    let net = match start_network(store, spec, &mut booted) {
-        Ok(n) => n,
-        Err(e) => {
-            // SAFETY: killing our own child, the init.
-            unsafe { libc::kill(booted.init_pid, libc::SIGKILL) };
-            finish(store, spec, &booted);
-            send_report(format!("E{e}").as_bytes());
-            return 1;
-        }
-    };
+    let net = booted.net.take();
     if let Err(e) = store.write_runtime(&spec.name, &runtime_state(&booted, net.as_ref())) {
         // SAFETY: killing our own child, the init.
         unsafe { libc::kill(booted.init_pid, libc::SIGKILL) };
