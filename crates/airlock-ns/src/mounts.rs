@@ -1012,9 +1012,16 @@ fn locked_flags(p: &Path) -> libc::c_ulong {
 
 /// Overlay mount option values cannot carry ',' (the kernel splits options on it) and ':' separates
 /// lower layers; such paths are refused up front (see `layers::check_path`).
+///
+/// The features that depend on how the kernel was built are set explicitly, so every host
+/// behaves alike: no inode index, no metadata-only copy-up (a copy-up is always a full copy, so
+/// the upper layer never points back at host files), directory renames redirected without
+/// following foreign redirects (`off` is refused with `userxattr`), no extended inode numbers.
+/// None of them changes speed: measured, the file-heavy case is +78-80% over tmpfs with any of
+/// them (the cost is overlayfs's own: two dentries, inodes and files per file).
 fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<()> {
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
+        "lowerdir={},upperdir={},workdir={},userxattr,index=off,metacopy=off,redirect_dir=nofollow,xino=off",
         lower.display(),
         upper.display(),
         work.display()
