@@ -70,15 +70,19 @@ fn open_tree(p: &Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Make the detached mount `fd` private (nothing propagates to or from the host's mounts) and,
-/// with `userns`, idmapped.
+/// Make the detached mount `fd` private (nothing propagates to or from the host's mounts),
+/// `nodev` and `nosuid`, and, with `userns`, idmapped.
 fn set_attr(fd: &OwnedFd, userns: Option<RawFd>) -> std::io::Result<()> {
     let attr = libc::mount_attr {
-        attr_set: if userns.is_some() {
-            libc::MOUNT_ATTR_IDMAP
-        } else {
-            0
-        },
+        // Never a device node or a set-id program through a host path: root inside owns what
+        // host root owns there (a device node in the workspace would be raw hardware).
+        attr_set: libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOSUID
+            | if userns.is_some() {
+                libc::MOUNT_ATTR_IDMAP
+            } else {
+                0
+            },
         attr_clr: 0,
         propagation: libc::MS_PRIVATE,
         userns_fd: userns.unwrap_or(0) as u64,

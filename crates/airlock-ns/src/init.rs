@@ -57,6 +57,9 @@ fn recv_with_fds(sock: RawFd) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([RawFd; 64]);
     let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return None;
+    }
     let mut fds = Vec::new();
     for c in msg.cmsgs().ok()? {
         if let ControlMessageOwned::ScmRights(raw) = c {
@@ -98,7 +101,13 @@ pub fn run(
     }
     // EOF here means the supervisor died before writing our id maps: nothing to do.
     let staged = match recv_with_fds(sock) {
-        Some((msg, fds)) if msg.first() == Some(&MSG_GO) => fds,
+        // All the clones the plan expects, or nothing is built (a truncated message would
+        // otherwise shift every host path onto the wrong clone).
+        Some((msg, fds))
+            if msg.first() == Some(&MSG_GO) && fds.len() == plan.staged_sources.len() =>
+        {
+            fds
+        }
         _ => exit(1),
     };
     // Into the sandbox's cgroup before anything else runs here (see `cgroups::join_self`).

@@ -359,6 +359,18 @@ impl MountPlan {
                     "could not act as root inside the sandbox's user namespace".into(),
                 ));
             }
+            // Changing ids cleared the parent-death signal: arm it again at once (the init
+            // checks afterwards that the supervisor did not die meanwhile).
+            // SAFETY: prctl with integer arguments.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            };
         }
         if !staged.is_empty() {
             let mut staged = Some(staged);
@@ -387,6 +399,8 @@ impl MountPlan {
             None
         };
         let disk_layers = Layers::new(&src(&self.layers.dir));
+        // Host paths masked in a system directory's upper layer (see `mask_in_upper`).
+        let mut masked_in_upper: std::collections::HashSet<PathBuf> = Default::default();
         for d in &self.system_dirs {
             let host = src(&Path::new("/").join(d));
             let target = r.join(d);
@@ -411,7 +425,10 @@ impl MountPlan {
                 let lowers: Vec<PathBuf> =
                     lower.split(':').map(|l| staged_rel(Path::new(l))).collect();
                 let upper_rel = staged_rel(&upper);
-                in_stage(&mut || self.mask_in_upper(d, &lowers, &upper_rel))?;
+                in_stage(&mut || {
+                    masked_in_upper.extend(self.mask_in_upper(d, &lowers, &upper_rel)?);
+                    Ok(())
+                })?;
                 overlay(Path::new(&lower), &upper, &work, &target)?;
             } else if lower.contains(':') {
                 // Rootless with a template: a read-only overlay of the template over the host.
@@ -598,7 +615,7 @@ impl MountPlan {
         for f in self
             .masked_files
             .iter()
-            .filter(|p| !self.masked_in_upper(p))
+            .filter(|p| !masked_in_upper.contains(*p))
         {
             let target = under(r, f);
             if target.exists() {
@@ -609,14 +626,14 @@ impl MountPlan {
             .masked_dirs
             .iter()
             .chain(&self.hidden_state)
-            .filter(|p| !self.masked_in_upper(p))
+            .filter(|p| !masked_in_upper.contains(*p))
         {
             mask_dir(&under(r, d))?;
         }
         for d in self
             .private_dirs
             .iter()
-            .filter(|p| !self.masked_in_upper(p))
+            .filter(|p| !masked_in_upper.contains(*p))
         {
             let target = under(r, d);
             if target.is_dir() {
@@ -667,16 +684,6 @@ impl MountPlan {
 }
 
 impl MountPlan {
-    /// Whether `p` is masked in a copy-on-write system directory's upper layer (see
-    /// [`MountPlan::mask_in_upper`]) rather than with a mount.
-    fn masked_in_upper(&self, p: &Path) -> bool {
-        self.system_cow
-            && self
-                .system_dirs
-                .iter()
-                .any(|d| p.starts_with(Path::new("/").join(d)))
-    }
-
     /// Apply the masks that fall in system directory `d` in its upper layer, before the overlay
     /// is mounted: a masked file becomes an empty file there, a masked or private directory an
     /// empty *opaque* directory (overlayfs shows nothing of the layers below it), each with the
@@ -686,27 +693,52 @@ impl MountPlan {
     /// every start: a persistent upper may have gained a plain directory where the host later
     /// grew something to hide, so existing directories are made opaque too; anything else the
     /// agent left there (a file, a whiteout) hides the host's content already.
-    fn mask_in_upper(&self, d: &str, lowers: &[PathBuf], upper: &Path) -> Result<()> {
+    ///
+    /// Returns the paths it took care of; the others get a mount as before: paths another mount
+    /// will cover (the workspace, the home, an extra bind: the upper layer would be hidden under
+    /// it), and paths that are symlinks or lie under one in the host's tree (replacing a link
+    /// would hide only the link, not what it points to).
+    fn mask_in_upper(&self, d: &str, lowers: &[PathBuf], upper: &Path) -> Result<Vec<PathBuf>> {
         let top = Path::new("/").join(d);
-        let rel_of = |p: &Path| p.strip_prefix(&top).ok().map(Path::to_path_buf);
+        let covered = |p: &Path| {
+            p.starts_with(&self.workspace)
+                || self.workspace.starts_with(p)
+                || p.starts_with(&self.home)
+                || self
+                    .extra_binds
+                    .iter()
+                    .any(|b| p.starts_with(&b.inside) || b.inside.starts_with(p))
+        };
+        let rel_of = |p: &Path| {
+            p.strip_prefix(&top)
+                .ok()
+                .filter(|_| !covered(p))
+                .map(Path::to_path_buf)
+        };
         let in_lower = |rel: &Path| -> Option<std::fs::Metadata> {
             lowers
                 .iter()
                 .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok())
         };
+        let mut done = Vec::new();
         for f in &self.masked_files {
             let Some(rel) = rel_of(f) else { continue };
             let Some(meta) = in_lower(&rel) else { continue };
-            // A symlink is replaced too: whatever it points to stays hidden.
-            let symlink = meta.file_type().is_symlink();
-            if !(meta.is_file() || symlink) || !ensure_parents(lowers, upper, &rel)? {
+            if !meta.is_file() {
                 continue;
             }
-            let at = upper.join(&rel);
-            if std::fs::symlink_metadata(&at).is_err() {
-                std::fs::File::create(&at).map_err(|e| NsError::path(&at, e))?;
-                copy_owner_and_mode(&meta, &at)?;
+            match ensure_parents(lowers, upper, &rel)? {
+                Parents::Unusable => continue,
+                Parents::Hidden => {}
+                Parents::Ready => {
+                    let at = upper.join(&rel);
+                    if std::fs::symlink_metadata(&at).is_err() {
+                        std::fs::File::create(&at).map_err(|e| NsError::path(&at, e))?;
+                        copy_owner_and_mode(&meta, &at)?;
+                    }
+                }
             }
+            done.push(f.clone());
         }
         for dir in self
             .masked_dirs
@@ -716,29 +748,46 @@ impl MountPlan {
         {
             let Some(rel) = rel_of(dir) else { continue };
             let Some(meta) = in_lower(&rel) else { continue };
-            let symlink = meta.file_type().is_symlink();
-            if !(meta.is_dir() || symlink) || !ensure_parents(lowers, upper, &rel)? {
+            if !meta.is_dir() {
                 continue;
             }
-            let at = upper.join(&rel);
-            match std::fs::symlink_metadata(&at) {
-                Err(_) => {
-                    mkdir(&at, 0o700)?;
-                    copy_owner_and_mode(&meta, &at)?;
+            match ensure_parents(lowers, upper, &rel)? {
+                Parents::Unusable => continue,
+                Parents::Hidden => {}
+                Parents::Ready => {
+                    let at = upper.join(&rel);
+                    match std::fs::symlink_metadata(&at) {
+                        Err(_) => {
+                            mkdir(&at, 0o700)?;
+                            copy_owner_and_mode(&meta, &at)?;
+                            set_opaque(&at)?;
+                        }
+                        Ok(m) if m.is_dir() => set_opaque(&at)?,
+                        // A file or whiteout the agent left there hides the host's directory.
+                        Ok(_) => {}
+                    }
                 }
-                Ok(m) if !m.is_dir() => continue,
-                Ok(_) => {}
             }
-            set_opaque(&at)?;
+            done.push(dir.clone());
         }
-        Ok(())
+        Ok(done)
     }
 }
 
+/// What [`ensure_parents`] found.
+enum Parents {
+    /// The parents exist in the upper layer as directories.
+    Ready,
+    /// Something that is not a directory in the upper layer (a whiteout, a file) already hides
+    /// the path.
+    Hidden,
+    /// A parent is a symlink (or missing) in the layers below: not for an upper-layer mask.
+    Unusable,
+}
+
 /// Create the missing parents of `rel` in `upper` like the lowest layer that has them (owner and
-/// mode). False when something in `upper` that is not a directory (a whiteout, a file) already
-/// hides the path.
-fn ensure_parents(lowers: &[PathBuf], upper: &Path, rel: &Path) -> Result<bool> {
+/// mode).
+fn ensure_parents(lowers: &[PathBuf], upper: &Path, rel: &Path) -> Result<Parents> {
     let mut at = upper.to_path_buf();
     let mut sub = PathBuf::new();
     let parents: Vec<_> = rel
@@ -748,31 +797,26 @@ fn ensure_parents(lowers: &[PathBuf], upper: &Path, rel: &Path) -> Result<bool> 
     for c in parents {
         at.push(c);
         sub.push(c);
+        // Not followed: a link resolves against the host's root here, not the sandbox's.
+        let below = lowers
+            .iter()
+            .find_map(|l| std::fs::symlink_metadata(l.join(&sub)).ok());
+        let Some(meta) = below.filter(|m| m.is_dir()) else {
+            return Ok(Parents::Unusable);
+        };
         match std::fs::symlink_metadata(&at) {
             Ok(m) if m.is_dir() => continue,
-            Ok(_) => return Ok(false),
+            Ok(_) => return Ok(Parents::Hidden),
             Err(_) => {}
         }
-        let Some(meta) = lowers
-            .iter()
-            .find_map(|l| std::fs::metadata(l.join(&sub)).ok())
-        else {
-            return Ok(false);
-        };
         mkdir(&at, 0o700)?;
         copy_owner_and_mode(&meta, &at)?;
     }
-    Ok(true)
+    Ok(Parents::Ready)
 }
 
 fn copy_owner_and_mode(meta: &std::fs::Metadata, at: &Path) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    // A symlink's mode means nothing: what replaces it is root's and world-readable.
-    let mode = if meta.file_type().is_symlink() {
-        if at.is_dir() { 0o755 } else { 0o644 }
-    } else {
-        meta.mode() & 0o7777
-    };
     let c = cstr(at)?;
     // SAFETY: lchown of a path we just created, with ids read from the layer below.
     if unsafe { libc::lchown(c.as_ptr(), meta.uid(), meta.gid()) } != 0 {
@@ -781,7 +825,7 @@ fn copy_owner_and_mode(meta: &std::fs::Metadata, at: &Path) -> Result<()> {
             at.display()
         )));
     }
-    std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode))
+    std::fs::set_permissions(at, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(|e| NsError::path(at, e))
 }
 

@@ -847,6 +847,7 @@ fn supervisor_main(
     let mut booted = match boot(store, spec, seccomp, enforcement, main.as_ref(), &mounts) {
         Ok(b) => b,
         Err(e) => {
+            remove_mountpoints(store, &spec.name);
             send_report(format!("E{e}").as_bytes());
             return 1;
         }

@@ -534,5 +534,28 @@ fn masks_hold_whatever_the_agent_does_and_across_restarts() {
         probe("after a restart");
         let out = env.airlock(&["rm", "-f", &name]);
         assert!(out.status.success(), "{}", stderr(&out));
+        // A workspace over a system directory is mounted over its upper layer: the masks under
+        // it must still hold (they are mounts there).
+        for mode in ["cow", "rw"] {
+            let out = env.airlock(&[
+                "run",
+                "--rm",
+                "--workspace",
+                "/etc/ssl",
+                "--workspace-mode",
+                mode,
+                "--",
+                "sh",
+                "-c",
+                "ls -A /etc/ssl/private | wc -l",
+            ]);
+            assert_eq!(
+                stdout(&out).trim(),
+                "0",
+                "{} {mode}: /etc/ssl/private under a workspace at /etc/ssl shows host entries ({host_private} on the host): {}",
+                who.label(),
+                stderr(&out)
+            );
+        }
     }
 }

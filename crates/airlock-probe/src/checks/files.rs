@@ -649,16 +649,17 @@ fn dotenv(o: &mut Out, ctx: &Ctx) {
     }
 }
 
-/// Whether a shadow(5) file holds at least one password hash (a second field that is not empty,
-/// `*` or `!`-locked). A sandbox's /etc/shadow is an empty stand-in: readable, but nothing in it.
+/// Whether a shadow(5) file holds at least one password hash (a second field that is neither
+/// empty nor `*`/`!` alone; a locked `!$6$...` still holds one). A sandbox's /etc/shadow is an empty stand-in: readable, but nothing in it.
 /// Only the verdict leaves this function, never the content.
 fn has_password_hash(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(path) else {
         return false;
     };
     text.lines().any(|l| {
-        let hash = l.split(':').nth(1).unwrap_or("");
-        !hash.is_empty() && !hash.starts_with('!') && !hash.starts_with('*')
+        // A `!` in front only locks the password: the hash after it can still be cracked.
+        let hash = l.split(':').nth(1).unwrap_or("").trim_start_matches('!');
+        !hash.is_empty() && !hash.starts_with('*')
     })
 }
 
@@ -723,12 +724,14 @@ mod tests {
         assert!(!has_password_hash(&f), "an empty stand-in holds nothing");
         std::fs::write(
             &f,
-            "root:*:19000:0:99999:7:::\nbin:!:19000::::::\nx:!$6$locked:1::::::\n",
+            "root:*:19000:0:99999:7:::\nbin:!:19000::::::\nnobody:!*:1::::::\n",
         )
         .unwrap();
+        assert!(!has_password_hash(&f), "disabled accounts hold no hash");
+        std::fs::write(&f, "x:!$6$salt$lockedbutcrackable:1::::::\n").unwrap();
         assert!(
-            !has_password_hash(&f),
-            "locked and disabled accounts hold no usable hash"
+            has_password_hash(&f),
+            "a locked account still holds its hash"
         );
         std::fs::write(
             &f,
