@@ -721,56 +721,49 @@ impl MountPlan {
                 .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok())
         };
         let mut done = Vec::new();
-        for f in &self.masked_files {
-            let Some(rel) = rel_of(f) else { continue };
-            let Some(meta) = in_lower(&rel) else { continue };
-            if !meta.is_file() {
-                continue;
-            }
-            match ensure_parents(lowers, upper, &rel)? {
-                Parents::Unusable => continue,
-                Parents::Hidden => {}
-                Parents::Ready => {
-                    let at = upper.join(&rel);
-                    if std::fs::symlink_metadata(&at).is_err() {
-                        std::fs::File::create(&at).map_err(|e| NsError::path(&at, e))?;
-                        copy_owner_and_mode(&meta, &at)?;
-                    }
-                }
-            }
-            done.push(f.clone());
-        }
-        for dir in self
-            .masked_dirs
-            .iter()
+        let files = self.masked_files.iter().map(|p| (p, false));
+        let dirs = (self.masked_dirs.iter())
             .chain(&self.hidden_state)
             .chain(&self.private_dirs)
-        {
-            let Some(rel) = rel_of(dir) else { continue };
+            .map(|p| (p, true));
+        for (path, is_dir) in files.chain(dirs) {
+            let Some(rel) = rel_of(path) else { continue };
             let Some(meta) = in_lower(&rel) else { continue };
-            if !meta.is_dir() {
+            // Only a plain file or directory (a symlink keeps its mount mask).
+            if !(if is_dir {
+                meta.is_dir()
+            } else {
+                meta.is_file()
+            }) {
                 continue;
             }
             match ensure_parents(lowers, upper, &rel)? {
                 Parents::Unusable => continue,
                 Parents::Hidden => {}
-                Parents::Ready => {
-                    let at = upper.join(&rel);
-                    match std::fs::symlink_metadata(&at) {
-                        Err(_) => {
-                            mkdir(&at, 0o700)?;
-                            copy_owner_and_mode(&meta, &at)?;
-                            set_opaque(&at)?;
-                        }
-                        Ok(m) if m.is_dir() => set_opaque(&at)?,
-                        // A file or whiteout the agent left there hides the host's directory.
-                        Ok(_) => {}
-                    }
-                }
+                Parents::Ready => stand_in(&upper.join(&rel), &meta)?,
             }
-            done.push(dir.clone());
+            done.push(path.clone());
         }
         Ok(done)
+    }
+}
+
+/// Put an empty stand-in for the host's `meta` at `at` in an upper layer: an empty file, or an
+/// empty opaque directory; a directory already there is made opaque, and anything else the
+/// agent left there (a file, a whiteout) already hides the host's entry.
+fn stand_in(at: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    match std::fs::symlink_metadata(at) {
+        Err(_) if meta.is_dir() => {
+            mkdir(at, 0o700)?;
+            copy_owner_and_mode(meta, at)?;
+            set_opaque(at)
+        }
+        Err(_) => {
+            std::fs::File::create(at).map_err(|e| NsError::path(at, e))?;
+            copy_owner_and_mode(meta, at)
+        }
+        Ok(m) if m.is_dir() && meta.is_dir() => set_opaque(at),
+        Ok(_) => Ok(()),
     }
 }
 

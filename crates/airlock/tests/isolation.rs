@@ -354,14 +354,10 @@ fn root_inside_is_never_root_outside() {
         let out = env.airlock(&["create", "--name", &name]);
         assert!(out.status.success(), "{}: {}", who.label(), stderr(&out));
         std::os::unix::fs::chown(env.ws.join("stranger"), Some(3_000_000_000), None).unwrap();
-        let out = env.airlock(&[
-            "exec",
+        let out = env.exec_sh(
             &name,
-            "--",
-            "sh",
-            "-c",
             "cat /proc/self/uid_map; id -u; cat owner-only; stat -c '%u' owner-only stranger; echo new > made-inside; stat -c '%u' made-inside",
-        ]);
+        );
         let text = stdout(&out);
         assert!(
             out.status.success(),
@@ -500,7 +496,7 @@ fn masks_hold_whatever_the_agent_does_and_across_restarts() {
         assert!(out.status.success(), "{}", stderr(&out));
         let check = "grep -c . /etc/shadow || echo shadow-empty; ls -A /etc/ssl/private 2>/dev/null | wc -l";
         let probe = |when: &str| {
-            let out = env.airlock(&["exec", &name, "--", "sh", "-c", check]);
+            let out = env.exec_sh(&name, check);
             let text = stdout(&out);
             assert!(
                 text.contains("shadow-empty"),
@@ -516,14 +512,10 @@ fn masks_hold_whatever_the_agent_does_and_across_restarts() {
         probe("at first");
         if who.is_root() {
             // The agent removes and recreates the masked paths; nothing of the host comes back.
-            let out = env.airlock(&[
-                "exec",
+            let out = env.exec_sh(
                 &name,
-                "--",
-                "sh",
-                "-c",
                 "rm -rf /etc/ssl/private && mkdir /etc/ssl/private && rm -f /etc/shadow && echo ok",
-            ]);
+            );
             assert!(stdout(&out).contains("ok"), "{}", stderr(&out));
             probe("after the agent recreated them");
         }

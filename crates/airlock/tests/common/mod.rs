@@ -185,6 +185,11 @@ impl Env {
     }
 
     /// `airlock run --rm -- sh -c SCRIPT`, asserting success; returns stdout.
+    /// `airlock exec NAME -- sh -c SCRIPT`.
+    pub fn exec_sh(&self, name: &str, script: &str) -> Output {
+        self.airlock(&["exec", name, "--", "sh", "-c", script])
+    }
+
     pub fn sh(&self, script: &str) -> String {
         let out = self.airlock(&["run", "--rm", "--", "sh", "-c", script]);
         assert!(
