@@ -91,6 +91,14 @@ pub fn spawn_vfork(child: &mut dyn FnMut()) -> Result<i32> {
     if stack == libc::MAP_FAILED {
         return Err(NsError::last("allocating a stack for the command"));
     }
+    // A guard page at the bottom: an overflow faults instead of writing into our memory.
+    // SAFETY: the first page of the mapping we just made.
+    if unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) } != 0 {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: unmapping what we mapped above.
+        unsafe { libc::munmap(stack, STACK) };
+        return Err(NsError::sys("guarding the command's stack", err));
+    }
     let mut f: &mut dyn FnMut() = child;
     // SAFETY: the stack grows down from the end of our mapping; `entry` never returns into
     // anything but `_exit`/`execve`; `f` outlives the child's use of it (CLONE_VFORK).
