@@ -382,8 +382,8 @@ impl MountPlan {
 
         // A sandbox deleted when its command exits keeps its layers in memory: nothing there
         // outlives it, and overlayfs on a fresh tmpfs mounts ~15x faster than on disk. The tmpfs
-        // is attached in the new root only while the filesystem is built (overlays and binds
-        // keep their own references).
+        // sits in the staging area, which goes with the host's root at `pivot_root` (overlays
+        // and binds keep their own references).
         let volatile_layers = if self.volatile_layers {
             let dir = stage.join("layers");
             mkdir(&dir, 0o700)?;
