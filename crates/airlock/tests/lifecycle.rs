@@ -100,30 +100,14 @@ fn stop_and_start_keep_the_sandbox_state_and_rm_leaves_no_residue() {
                 "{info}"
             );
         }
-        let out = env.airlock(&[
-            "exec",
+        let out = env.exec_sh(
             &name,
-            "--",
-            "sh",
-            "-c",
             "echo kept > work.txt; echo home > $HOME/h.txt; echo $$",
-        ]);
-        assert!(out.status.success());
-        assert_eq!(
-            env.airlock(&["exec", &name, "--", "sh", "-c", "exit 7"])
-                .status
-                .code(),
-            Some(7)
         );
+        assert!(out.status.success());
+        assert_eq!(env.exec_sh(&name, "exit 7").status.code(), Some(7));
         // exec joins the same sandbox: same hostname, same pid namespace as init.
-        let out = env.airlock(&[
-            "exec",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            "hostname; cat /proc/1/comm",
-        ]);
+        let out = env.exec_sh(&name, "hostname; cat /proc/1/comm");
         assert!(stdout(&out).starts_with(&format!("{name}\n")));
         assert!(env.airlock(&["stop", &name]).status.success());
         assert!(
@@ -138,7 +122,7 @@ fn stop_and_start_keep_the_sandbox_state_and_rm_leaves_no_residue() {
             );
         }
         // exec starts it again, with the writable layers as they were.
-        let out = env.airlock(&["exec", &name, "--", "sh", "-c", "cat work.txt $HOME/h.txt"]);
+        let out = env.exec_sh(&name, "cat work.txt $HOME/h.txt");
         assert_eq!(stdout(&out), "kept\nhome\n");
         assert!(
             !env.path("work.txt").exists(),
@@ -438,14 +422,10 @@ fn limits_are_enforced_by_the_hosts_cgroups_or_rlimits() {
         } else {
             assert!(!who.is_root(), "root always gets a cgroup: {how}");
             assert!(how.starts_with("rlimits ("), "{how}");
-            let out = env.airlock(&[
-                "exec",
+            let out = env.exec_sh(
                 &name,
-                "--",
-                "sh",
-                "-c",
                 "grep -E 'Max processes|Max address space' /proc/self/limits",
-            ]);
+            );
             let o = stdout(&out);
             assert!(
                 o.lines()

@@ -11,17 +11,10 @@ fn templates_stack_are_read_only_and_survive_their_source() {
         let base = unique("base");
         assert!(env.airlock(&["create", "--name", &base]).status.success());
         let warm = "mkdir -p $HOME/.cache/pkgs && echo warm > $HOME/.cache/pkgs/index && echo ws > in-workspace.txt";
-        let out = env.airlock(&["exec", &base, "--", "sh", "-c", warm]);
+        let out = env.exec_sh(&base, warm);
         assert!(out.status.success());
         if who.is_root() {
-            let out = env.airlock(&[
-                "exec",
-                &base,
-                "--",
-                "sh",
-                "-c",
-                "echo tool > /usr/local/bin/installed-tool",
-            ]);
+            let out = env.exec_sh(&base, "echo tool > /usr/local/bin/installed-tool");
             assert!(out.status.success());
         }
         // Saving needs a stopped sandbox.
@@ -131,7 +124,7 @@ fn clone_mode_keeps_the_host_repository_read_only_and_fetch_brings_commits_back(
                     (echo x > /run/airlock/source/README.md) 2>/dev/null && echo WROTE-HOST; \
                     (touch /run/airlock/source/.git/hooks/evil) 2>/dev/null && echo WROTE-HOST-GIT; \
                     git fetch -q origin && echo fetched-origin";
-        let out = env.airlock(&["exec", &name, "--", "sh", "-c", work]);
+        let out = env.exec_sh(&name, work);
         let o = stdout(&out);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(o.starts_with("2\n"), "{o}");

@@ -106,14 +106,7 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
         let name = unique("vm");
         let out = env.airlock(&["create", "--isolation", "vm", "--name", &name]);
         assert!(out.status.success(), "[{}] create", who.label());
-        let out = env.airlock(&[
-            "exec",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            "echo changed > README.md && echo new > made-in-vm.txt && mkdir -p ~/.cache && echo warm > ~/.cache/x && cat README.md",
-        ]);
+        let out = env.exec_sh(&name, "echo changed > README.md && echo new > made-in-vm.txt && mkdir -p ~/.cache && echo warm > ~/.cache/x && cat README.md");
         assert!(out.status.success(), "[{}] exec", who.label());
         assert_eq!(stdout(&out), "changed\n");
         // The host's workspace is untouched; the change is in the sandbox's layer.
@@ -147,14 +140,10 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
         // The guest's disk and the workspace layer survive a stop/start.
         assert!(env.airlock(&["stop", &name]).status.success());
         assert_eq!(inspect(&env, &name)["state"], "stopped");
-        let out = env.airlock(&[
-            "exec",
+        let out = env.exec_sh(
             &name,
-            "--",
-            "sh",
-            "-c",
             "cat made-in-vm.txt ~/.cache/x /usr/local/share/airlock-vm-test",
-        ]);
+        );
         assert!(out.status.success(), "[{}] exec after stop", who.label());
         assert_eq!(stdout(&out), "new\nwarm\ninstalled\n");
 
@@ -293,14 +282,10 @@ fn a_vm_reaches_nothing_but_the_gate_and_publishes_ports() {
         assert!(so.contains("no-dns"), "[{}] {so}", who.label());
 
         // A server in the guest, bound to its loopback, is reachable at the published port.
-        let out = env.airlock(&[
-            "exec",
+        let out = env.exec_sh(
             &name,
-            "--",
-            "sh",
-            "-c",
             "python3 -m http.server --bind 127.0.0.1 8000 >/dev/null 2>&1 &",
-        ]);
+        );
         assert!(out.status.success());
         let mut body = String::new();
         wait_until(
