@@ -30,19 +30,7 @@ pub mod keyring;
 pub mod keyring {
     use zeroize::Zeroizing;
 
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum KeyringError {
-        Unavailable(String),
-        Failed(String),
-    }
-
-    impl KeyringError {
-        pub fn message(&self) -> &str {
-            match self {
-                KeyringError::Unavailable(m) | KeyringError::Failed(m) => m,
-            }
-        }
-    }
+    pub use super::KeyringError;
 
     fn off<T>() -> Result<T, KeyringError> {
         Err(KeyringError::Unavailable(
@@ -63,7 +51,22 @@ pub mod keyring {
     }
 }
 
-use keyring::KeyringError;
+/// Why a keyring operation did not happen (with or without the `keyring` feature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyringError {
+    /// There is no keyring to talk to (no session bus, no provider, no answer).
+    Unavailable(String),
+    /// The keyring answered but the operation failed (locked, prompt dismissed…).
+    Failed(String),
+}
+
+impl KeyringError {
+    pub fn message(&self) -> &str {
+        match self {
+            KeyringError::Unavailable(m) | KeyringError::Failed(m) => m,
+        }
+    }
+}
 
 /// Where `airlock secret set` stores, from `AIRLOCK_SECRET_STORE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -26,22 +26,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A call that may show an unlock prompt on the desktop.
 const PROMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Why a keyring operation did not happen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyringError {
-    /// There is no keyring to talk to (no session bus, no provider, no answer).
-    Unavailable(String),
-    /// The keyring answered but the operation failed (locked, prompt dismissed…).
-    Failed(String),
-}
-
-impl KeyringError {
-    pub fn message(&self) -> &str {
-        match self {
-            KeyringError::Unavailable(m) | KeyringError::Failed(m) => m,
-        }
-    }
-}
+pub use super::KeyringError;
 
 /// The attributes of `service`'s item.
 fn attributes(service: &str) -> HashMap<&str, &str> {
@@ -135,6 +120,19 @@ async fn timed<T>(
 }
 
 /// A session with the Secret Service (secrets travel encrypted over the bus).
+/// The items whose attributes include `attrs` (locked and unlocked).
+async fn search<'a>(
+    ss: &'a SecretService<'static>,
+    attrs: HashMap<&str, &str>,
+) -> Result<secret_service::SearchItemsResult<secret_service::Item<'a>>, KeyringError> {
+    timed(
+        CALL_TIMEOUT,
+        "searching the keyring",
+        ss.search_items(attrs),
+    )
+    .await
+}
+
 async fn connect() -> Result<SecretService<'static>, KeyringError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, SecretService::connect(EncryptionType::Dh)).await {
         Ok(Ok(ss)) => Ok(ss),
@@ -154,12 +152,7 @@ pub fn get(service: &str) -> Result<Option<Zeroizing<String>>, KeyringError> {
     session_bus()?;
     block(async {
         let ss = connect().await?;
-        let found = timed(
-            CALL_TIMEOUT,
-            "searching the keyring",
-            ss.search_items(attributes(service)),
-        )
-        .await?;
+        let found = search(&ss, attributes(service)).await?;
         let item = match (found.unlocked.first(), found.locked.first()) {
             (Some(item), _) => item,
             (None, Some(item)) => {
@@ -220,12 +213,7 @@ pub fn remove(service: &str) -> Result<bool, KeyringError> {
     session_bus()?;
     block(async {
         let ss = connect().await?;
-        let found = timed(
-            CALL_TIMEOUT,
-            "searching the keyring",
-            ss.search_items(attributes(service)),
-        )
-        .await?;
+        let found = search(&ss, attributes(service)).await?;
         let mut any = false;
         for item in found.unlocked.iter().chain(&found.locked) {
             timed(PROMPT_TIMEOUT, "deleting the secret", item.delete()).await?;
@@ -240,12 +228,7 @@ pub fn services() -> Result<Vec<String>, KeyringError> {
     session_bus()?;
     block(async {
         let ss = connect().await?;
-        let found = timed(
-            CALL_TIMEOUT,
-            "searching the keyring",
-            ss.search_items(HashMap::from([("application", "airlock")])),
-        )
-        .await?;
+        let found = search(&ss, HashMap::from([("application", "airlock")])).await?;
         let mut names = Vec::new();
         for item in found.unlocked.iter().chain(&found.locked) {
             let attrs = timed(CALL_TIMEOUT, "reading an item", item.get_attributes()).await?;
