@@ -266,7 +266,7 @@ impl Gate {
         tokio::spawn(async move { this.handle_proxy(s).await });
     }
 
-    fn log(
+    pub(crate) fn log(
         &self,
         path: DecisionPath,
         name: Option<&str>,
@@ -1263,6 +1263,9 @@ pub struct NetListeners {
     pub dns_udp: Option<std::net::UdpSocket>,
     /// DNS over TCP.
     pub dns_tcp: Option<std::net::TcpListener>,
+    /// The kernel capture endpoint ([`crate::capture`]) and the resolver address whose
+    /// connections it answers itself (port 53 of the TUN resolver).
+    pub capture: Option<(std::net::TcpListener, SocketAddr)>,
 }
 
 /// A sandbox's gate and DNS server running on a `current_thread` tokio
@@ -1300,7 +1303,15 @@ impl NetService {
         listeners: NetListeners,
     ) -> Result<NetService, GateError> {
         let io_err = |action| move |source| GateError::Io { action, source };
-        for l in [&listeners.proxy, &listeners.dns_tcp].into_iter().flatten() {
+        let capture = listeners.capture.as_ref().map(|c| &c.0);
+        for l in [
+            listeners.proxy.as_ref(),
+            listeners.dns_tcp.as_ref(),
+            capture,
+        ]
+        .into_iter()
+        .flatten()
+        {
             l.set_nonblocking(true)
                 .map_err(io_err("set a listener non-blocking"))?;
         }
@@ -1343,6 +1354,15 @@ impl NetService {
                         let l = TcpListener::from_std(l).map_err(io_err("register the DNS listener"))?;
                         let d = d.clone();
                         tasks.spawn(async move { d.serve_tcp(l).await.map_err(GateError::from) });
+                    }
+                    if let Some((l, resolver)) = listeners.capture {
+                        let l = TcpListener::from_std(l).map_err(io_err("register the capture endpoint"))?;
+                        let (g, d) = (g.clone(), d.clone());
+                        tasks.spawn(async move {
+                            crate::capture::serve(l, g, d, resolver)
+                                .await
+                                .map_err(|source| GateError::Io { action: "accept a captured connection", source })
+                        });
                     }
                     tokio::select! {
                         _ = stop_rx => Ok(()),

@@ -15,19 +15,24 @@
 //!   addresses and routes ([`create_tun_in_current_netns`]).
 //! - [`stack`]: transparent capture, host side: a user-space TCP/IP stack
 //!   on that device feeding the gate and the resolver ([`spawn_stack`]).
+//! - [`capture`]: transparent capture in the kernel: TCP over IPv4 bound for
+//!   `tun0` redirected by an nf_tables rule to a socket the gate serves.
 //!
 //! See `DESIGN.md` beside this crate's manifest.
 
 pub mod addr;
+pub mod capture;
 pub mod dns;
 pub mod gate;
 pub mod inject;
 pub mod log;
+mod netlink;
 pub mod policy;
 pub mod stack;
 pub mod tls;
 pub mod tun;
 
+pub use capture::{CAPTURE_ADDR, CaptureError, install_redirect};
 pub use dns::{DnsConfig, DnsServer, PinSet};
 pub use gate::{Connector, DirectConnector, Gate, GateConfig, NetListeners, NetService, proxy_env};
 pub use inject::{Credential, InjectError, Injection, Injector, SandboxCa};

@@ -973,7 +973,7 @@ fn pump_conn(cx: &mut Context<'_>, s: &mut tcp::Socket<'static>, c: &mut Conn) -
 }
 
 /// DNS over TCP (RFC 1035 framing) on a connection to the resolver address.
-async fn serve_dns_tcp<S: AsyncRead + AsyncWrite + Unpin>(dns: &DnsServer, mut s: S) {
+pub(crate) async fn serve_dns_tcp<S: AsyncRead + AsyncWrite + Unpin>(dns: &DnsServer, mut s: S) {
     let limit = Duration::from_secs(10);
     loop {
         let len = match tokio::time::timeout(limit, s.read_u16()).await {

@@ -34,16 +34,15 @@
 //! `SIOCGIFINDEX`, `SIOCSIFMTU`, `SIOCSIFFLAGS`). Addresses and routes use
 //! rtnetlink: glibc exposes no IPv4 `rtentry` for `SIOCADDRT`, and IPv6
 //! duplicate address detection can only be disabled per address through
-//! netlink (`IFA_F_NODAD`). The netlink part is hand-rolled (four fixed
-//! messages, [`Netlink`]) instead of pulling in an async netlink stack
-//! (`rtnetlink` brings `futures` and a protocol task) for two requests that
-//! are made once per sandbox; each request is acknowledged by the kernel and
-//! every error is reported.
+//! netlink (`IFA_F_NODAD`). The netlink client is [`crate::netlink`] (four
+//! fixed messages; why it is hand-rolled is said there).
 
 use std::ffi::CStr;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::netlink::{NLM_F_CREATE, NLM_F_EXCL, Netlink, push_attr};
 
 /// Errors of the TUN setup.
 #[derive(Debug, thiserror::Error)]
@@ -166,15 +165,15 @@ pub fn create_tun_in_current_netns(cfg: &TunConfig) -> Result<OwnedFd, TunError>
     set_up(&ctl, "lo")?;
     set_up(&ctl, &cfg.name)?;
 
-    let mut nl = Netlink::open()?;
-    nl.add_addr(index, IpAddr::V4(cfg.sandbox_v4), 32)
+    let mut nl = Netlink::open(libc::NETLINK_ROUTE).map_err(io_err("open a netlink socket"))?;
+    add_addr(&mut nl, index, IpAddr::V4(cfg.sandbox_v4), 32)
         .map_err(io_err(format!("add {}/32 to {}", cfg.sandbox_v4, cfg.name)))?;
-    nl.add_default_route(index, false).map_err(io_err(format!(
+    add_default_route(&mut nl, index, false).map_err(io_err(format!(
         "add the IPv4 default route via {}",
         cfg.name
     )))?;
-    match nl.add_addr(index, IpAddr::V6(cfg.sandbox_v6), 128) {
-        Ok(()) => nl.add_default_route(index, true).map_err(io_err(format!(
+    match add_addr(&mut nl, index, IpAddr::V6(cfg.sandbox_v6), 128) {
+        Ok(()) => add_default_route(&mut nl, index, true).map_err(io_err(format!(
             "add the IPv6 default route via {}",
             cfg.name
         )))?,
@@ -302,13 +301,7 @@ fn set_up(ctl: &OwnedFd, name: &str) -> Result<(), TunError> {
 
 // ------------------------------------------------------------- netlink
 
-// Kernel uapi values (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h).
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_ACK: u16 = 0x04;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
+// Kernel uapi values (linux/rtnetlink.h, linux/if_addr.h).
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
 const IFA_ADDRESS: u16 = 1;
@@ -323,157 +316,46 @@ const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
 
-/// A minimal rtnetlink client: sends one request at a time and waits for
-/// its acknowledgement (see the module documentation for why it is
-/// hand-rolled). Messages are built byte by byte in native endianness, as
-/// the kernel expects.
-struct Netlink {
-    fd: OwnedFd,
-    seq: u32,
+/// Adds `addr/prefix` to interface `index` (no duplicate address detection).
+fn add_addr(nl: &mut Netlink, index: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
+    let (family, bytes, flags) = match addr {
+        IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec(), 0),
+        IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec(), IFA_F_NODAD),
+    };
+    // struct ifaddrmsg { u8 family, prefixlen, flags, scope; u32 index }
+    let mut body = vec![family as u8, prefix, IFA_F_PERMANENT, RT_SCOPE_UNIVERSE];
+    body.extend_from_slice(&index.to_ne_bytes());
+    push_attr(&mut body, IFA_LOCAL, &bytes);
+    push_attr(&mut body, IFA_ADDRESS, &bytes);
+    if flags != 0 {
+        push_attr(&mut body, IFA_FLAGS, &flags.to_ne_bytes());
+    }
+    nl.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &body)
 }
 
-impl Netlink {
-    fn open() -> Result<Netlink, TunError> {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io_err("open a netlink socket")(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by `socket` and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Netlink { fd, seq: 1 })
-    }
-
-    fn add_addr(&mut self, index: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
-        let (family, bytes, scope, flags) = match addr {
-            IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec(), RT_SCOPE_UNIVERSE, 0),
-            IpAddr::V6(a) => (
-                libc::AF_INET6,
-                a.octets().to_vec(),
-                RT_SCOPE_UNIVERSE,
-                IFA_F_NODAD,
-            ),
-        };
-        // struct ifaddrmsg { u8 family, prefixlen, flags, scope; u32 index }
-        let mut body = vec![family as u8, prefix, IFA_F_PERMANENT, scope];
-        body.extend_from_slice(&index.to_ne_bytes());
-        push_attr(&mut body, IFA_LOCAL, &bytes);
-        push_attr(&mut body, IFA_ADDRESS, &bytes);
-        if flags != 0 {
-            push_attr(&mut body, IFA_FLAGS, &flags.to_ne_bytes());
-        }
-        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &body)
-    }
-
-    fn add_default_route(&mut self, index: u32, v6: bool) -> io::Result<()> {
-        let (family, scope) = if v6 {
-            (libc::AF_INET6, RT_SCOPE_UNIVERSE)
-        } else {
-            // A device route without a gateway: on-link.
-            (libc::AF_INET, RT_SCOPE_LINK)
-        };
-        // struct rtmsg { u8 family, dst_len, src_len, tos, table, protocol,
-        // scope, type; u32 flags }
-        let mut body = vec![
-            family as u8,
-            0,
-            0,
-            0,
-            RT_TABLE_MAIN,
-            RTPROT_STATIC,
-            scope,
-            RTN_UNICAST,
-        ];
-        body.extend_from_slice(&0u32.to_ne_bytes());
-        push_attr(&mut body, RTA_OIF, &index.to_ne_bytes());
-        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &body)
-    }
-
-    fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let len = NLMSG_HDRLEN + body.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-        msg.extend_from_slice(body);
-
-        // SAFETY: `sockaddr_nl` is plain old data; all-zero is valid.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `msg` is a valid buffer of `msg.len()` bytes and `kernel`
-        // a valid `sockaddr_nl` of the given length.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 8192];
-        loop {
-            // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let mut rest = &buf[..n as usize];
-            while rest.len() >= NLMSG_HDRLEN {
-                let mlen = u32::from_ne_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
-                let mtype = u16::from_ne_bytes(rest[4..6].try_into().unwrap_or_default());
-                let mseq = u32::from_ne_bytes(rest[8..12].try_into().unwrap_or_default());
-                if mlen < NLMSG_HDRLEN || mlen > rest.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed netlink answer",
-                    ));
-                }
-                if mseq == seq && mtype == NLMSG_ERROR && mlen >= NLMSG_HDRLEN + 4 {
-                    let code = i32::from_ne_bytes(
-                        rest[NLMSG_HDRLEN..NLMSG_HDRLEN + 4]
-                            .try_into()
-                            .unwrap_or_default(),
-                    );
-                    return if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-code))
-                    };
-                }
-                let step = (mlen + 3) & !3;
-                rest = &rest[step.min(rest.len())..];
-            }
-        }
-    }
-}
-
-/// Appends one `struct rtattr` (u16 len, u16 type, payload, padding to 4).
-fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize((buf.len() + 3) & !3, 0);
+/// Routes every destination of one family through interface `index`.
+fn add_default_route(nl: &mut Netlink, index: u32, v6: bool) -> io::Result<()> {
+    let (family, scope) = if v6 {
+        (libc::AF_INET6, RT_SCOPE_UNIVERSE)
+    } else {
+        // A device route without a gateway: on-link.
+        (libc::AF_INET, RT_SCOPE_LINK)
+    };
+    // struct rtmsg { u8 family, dst_len, src_len, tos, table, protocol,
+    // scope, type; u32 flags }
+    let mut body = vec![
+        family as u8,
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        scope,
+        RTN_UNICAST,
+    ];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    push_attr(&mut body, RTA_OIF, &index.to_ne_bytes());
+    nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &body)
 }
 
 #[cfg(test)]
@@ -503,13 +385,5 @@ mod tests {
         let mut bad = c;
         bad.name = "x".repeat(20);
         assert!(bad.validate().is_err());
-    }
-
-    #[test]
-    fn attributes_are_padded() {
-        let mut b = Vec::new();
-        push_attr(&mut b, 1, &[1, 2, 3, 4, 5]);
-        assert_eq!(b.len(), 12);
-        assert_eq!(&b[0..2], &9u16.to_ne_bytes());
     }
 }

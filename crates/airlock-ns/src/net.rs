@@ -160,9 +160,29 @@ pub struct InsideSockets {
     pub tun: Option<OwnedFd>,
     /// Why there is no TUN device, if there is none.
     pub tun_error: Option<String>,
+    /// The kernel capture endpoint (TCP over IPv4 bound for `tun0` is redirected here by an
+    /// nf_tables rule, [`airlock_net::capture`]); only with a TUN device.
+    pub capture: Option<OwnedFd>,
+    /// Why TCP is not captured in the kernel, if it is not (it then goes through `tun0`).
+    pub capture_error: Option<String>,
 }
 
 const MSG_NET: u8 = b'N';
+const HAS_TUN: u8 = 1;
+const HAS_CAPTURE: u8 = 2;
+
+/// The kernel capture endpoint and its redirect rule (in the sandbox's network namespace, with
+/// `CAP_NET_ADMIN` there). An error says why TCP stays on the user-space path.
+fn kernel_capture(tun: &str) -> std::result::Result<OwnedFd, String> {
+    let listener = TcpListener::bind(airlock_net::CAPTURE_ADDR).map_err(|e| {
+        format!(
+            "binding the capture endpoint {}: {e}",
+            airlock_net::CAPTURE_ADDR
+        )
+    })?;
+    airlock_net::install_redirect(tun, airlock_net::CAPTURE_ADDR).map_err(|e| e.to_string())?;
+    Ok(OwnedFd::from(listener))
+}
 
 impl InsideSockets {
     /// Called by the sandbox's init in its new network namespace, before it drops privileges.
@@ -184,13 +204,21 @@ impl InsideSockets {
             "resolver (tcp)",
             TcpListener::bind(DNS_ADDR).map(OwnedFd::from),
         )?;
+        let cfg = TunConfig::default();
         let (tun, tun_error) = if !capture {
             (None, Some("nothing is allowed and the sandbox is deleted on exit, so no capture device was needed".to_string()))
         } else {
-            match airlock_net::create_tun_in_current_netns(&TunConfig::default()) {
+            match airlock_net::create_tun_in_current_netns(&cfg) {
                 Ok(fd) => (Some(fd), None),
                 Err(e) => (None, Some(e.to_string())),
             }
+        };
+        let (capture, capture_error) = match &tun {
+            Some(_) => match kernel_capture(&cfg.name) {
+                Ok(fd) => (Some(fd), None),
+                Err(e) => (None, Some(e)),
+            },
+            None => (None, None),
         };
         Ok(InsideSockets {
             proxy,
@@ -198,21 +226,33 @@ impl InsideSockets {
             dns_tcp,
             tun,
             tun_error,
+            capture,
+            capture_error,
         })
     }
 
-    /// Hand the sockets to the supervisor over the setup channel.
+    /// Hand the sockets to the supervisor over the setup channel. The message is `N`, a byte
+    /// saying which optional sockets follow the three fixed ones (bit 0 the TUN device, bit 1 the
+    /// capture endpoint), then the TUN error, a NUL, and the capture error.
     pub fn send(&self, sock: RawFd) -> Result<()> {
         let mut fds = vec![
             self.proxy.as_raw_fd(),
             self.dns_udp.as_raw_fd(),
             self.dns_tcp.as_raw_fd(),
         ];
+        let mut present = 0u8;
         if let Some(t) = &self.tun {
             fds.push(t.as_raw_fd());
+            present |= HAS_TUN;
         }
-        let mut msg = vec![MSG_NET];
+        if let Some(c) = &self.capture {
+            fds.push(c.as_raw_fd());
+            present |= HAS_CAPTURE;
+        }
+        let mut msg = vec![MSG_NET, present];
         msg.extend_from_slice(self.tun_error.as_deref().unwrap_or("").as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(self.capture_error.as_deref().unwrap_or("").as_bytes());
         let cmsg = [ControlMessage::ScmRights(&fds)];
         sendmsg::<()>(sock, &[IoSlice::new(&msg)], &cmsg, MsgFlags::empty(), None)
             .map_err(|e| NsError::sys("handing the network sockets to the supervisor", e.into()))?;
@@ -224,7 +264,7 @@ impl InsideSockets {
     pub fn recv(sock: RawFd) -> Result<std::result::Result<InsideSockets, Vec<u8>>> {
         let mut buf = vec![0u8; 4096];
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([RawFd; 4]);
+        let mut space = nix::cmsg_space!([RawFd; 5]);
         let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
             .map_err(|e| NsError::sys("receiving from the sandbox's init", e.into()))?;
         let n = msg.bytes;
@@ -242,20 +282,34 @@ impl InsideSockets {
             }
         }
         let bytes = buf[..n].to_vec();
-        if bytes.first() != Some(&MSG_NET) || fds.len() < 3 {
+        let present = bytes.get(1).copied().unwrap_or(0);
+        let want =
+            3 + usize::from(present & HAS_TUN != 0) + usize::from(present & HAS_CAPTURE != 0);
+        if bytes.first() != Some(&MSG_NET) || bytes.len() < 2 || fds.len() != want {
             return Ok(Err(bytes));
         }
         let mut it = fds.into_iter();
-        let (proxy, dns_udp, dns_tcp) =
-            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
-        let tun = it.next();
-        let err = String::from_utf8_lossy(&bytes[1..]).into_owned();
+        let mut next = || it.next();
+        let (Some(proxy), Some(dns_udp), Some(dns_tcp)) = (next(), next(), next()) else {
+            return Ok(Err(bytes));
+        };
+        let tun = if present & HAS_TUN != 0 { next() } else { None };
+        let capture = if present & HAS_CAPTURE != 0 {
+            next()
+        } else {
+            None
+        };
+        let text = String::from_utf8_lossy(&bytes[2..]).into_owned();
+        let (tun_error, capture_error) = text.split_once('\0').unwrap_or((&text, ""));
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Ok(Ok(InsideSockets {
             proxy,
             dns_udp,
             dns_tcp,
             tun,
-            tun_error: (!err.is_empty()).then_some(err),
+            tun_error: some(tun_error),
+            capture,
+            capture_error: some(capture_error),
         }))
     }
 }
@@ -379,6 +433,10 @@ impl SandboxNet {
             proxy_unix: None,
             dns_udp: Some(UdpSocket::from(sockets.dns_udp)),
             dns_tcp: Some(TcpListener::from(sockets.dns_tcp)),
+            capture: sockets.capture.map(|c| {
+                let resolver = SocketAddr::new(TunConfig::default().dns_v4.into(), 53);
+                (TcpListener::from(c), resolver)
+            }),
         };
         let handle = airlock_net::PolicyHandle::new(policy);
         let service = NetService::start(gate_cfg, dns_cfg, handle, log.clone(), listeners)
@@ -393,10 +451,15 @@ impl SandboxNet {
                     &TunConfig::default(),
                     service.runtime(),
                 );
+                let how = match &sockets.capture_error {
+                    None => "TCP over IPv4 redirected in the kernel, the rest through a user-space stack".to_string(),
+                    Some(e) => format!("all through a user-space stack; no kernel redirect: {e}"),
+                };
                 (
                     Some(s),
-                    "policy gate: proxy endpoint, resolver and transparent capture (tun0)"
-                        .to_string(),
+                    format!(
+                        "policy gate: proxy endpoint, resolver and transparent capture (tun0; {how})"
+                    ),
                 )
             }
             None => (

@@ -185,6 +185,16 @@ def raw(addr, port=80, host="allowed.test"):
         return "OK " + data.split("\r\n")[0] if data else "ERR closed"
     except Exception as e:
         return "ERR " + type(e).__name__
+def capture_path():
+    # While a direct connection is open: is its other end a kernel socket on the gate's capture
+    # endpoint (127.0.0.53:3129, established) in this namespace, or the user-space stack on tun0?
+    try:
+        s = socket.create_connection(("203.0.113.10", 80), timeout=5)
+        rows = [l.split() for l in open("/proc/net/tcp").read().splitlines()[1:]]
+        s.close()
+        return "kernel" if any(r[1] == "3500007F:0C39" and r[3] == "01" for r in rows) else "tun"
+    except Exception as e:
+        return "ERR " + type(e).__name__
 def udp(addr, port):
     try:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
@@ -205,6 +215,8 @@ print("direct_private", raw("10.200.0.5", host="rebind.test"))
 print("direct_metadata", raw("169.254.169.254", host="meta.test"))
 print("direct_v6", raw("2001:db8::10"))
 print("udp_other", udp("203.0.113.10", 9999))
+print("capture_path", capture_path())
+print("capture_endpoint", raw("127.0.0.53", 3129))
 "#;
 
 fn line<'a>(out: &'a str, key: &str) -> &'a str {
@@ -246,6 +258,7 @@ fn assert_allowed_one_denied_the_rest(o: &str) {
         "direct_metadata",
         "direct_v6",
         "udp_other",
+        "capture_endpoint",
     ] {
         assert!(refused(o, k), "{k} must be refused: {o}");
     }
@@ -289,6 +302,9 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
                 line(&o, "direct_allowed").contains("200 OK"),
                 "transparent capture serves allowed names: {o}"
             );
+            // TCP over IPv4 is redirected in the kernel to a socket the gate relays with
+            // splice(2); IPv6 and UDP (refused above) took the user-space stack on tun0.
+            assert_eq!(line(&o, "capture_path"), "kernel", "{o}");
         }
 
         // Under `open` the public internet is reachable, but never private ranges, metadata, or

@@ -1,0 +1,361 @@
+//! Transparent capture in the kernel: TCP over IPv4 that the sandbox sends
+//! towards `tun0` is redirected, by one nf_tables rule in the sandbox's own
+//! network namespace, to a listening socket there (the capture endpoint),
+//! which the gate serves from the host side with the connection's original
+//! destination (`SO_ORIGINAL_DST`).
+//!
+//! Why: the user-space stack behind `tun0` ([`crate::stack`]) copies every
+//! segment through smoltcp and an in-process pipe; a kernel socket lets the
+//! gate relay with splice(2) like it does for the proxy endpoint. The gate
+//! makes exactly the same decision for both ([`crate::Gate::handle_transparent`]).
+//!
+//! The rule is a fast path, not a boundary: the sandbox's processes have no
+//! capabilities, so they cannot change it, and if it were gone (or the
+//! kernel has no nf_tables NAT) the same connections reach the user-space
+//! stack through `tun0` and meet the same gate. IPv6, UDP and everything
+//! else always take `tun0`.
+//!
+//! The rule, in `nft` syntax (table `ip airlock`, chain `capture`):
+//!
+//! ```text
+//! type nat hook output priority -100; policy accept;
+//! meta oif "tun0" meta l4proto tcp dnat to 127.0.0.53:3129
+//! ```
+//!
+//! It matches only what routing already sent to `tun0`, so loopback
+//! traffic (the proxy endpoint, the resolver, the sandbox's own servers) is
+//! untouched. The netlink messages are built by hand ([`crate::netlink`]).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::dns::{DnsServer, is_transient_accept_error};
+use crate::gate::Gate;
+use crate::log::DecisionPath;
+use crate::netlink::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, Netlink, push_attr, push_message, push_nested,
+};
+use crate::policy::{Reason, Verdict};
+
+/// Where captured connections arrive inside the sandbox: the resolver's loopback address (already
+/// reserved for Airlock), on a port of its own.
+pub const CAPTURE_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 3129);
+
+/// Errors of the kernel redirect.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// A system call or netlink request failed.
+    #[error("kernel capture: cannot {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> CaptureError {
+    let action = action.into();
+    move |source| CaptureError::Io { action, source }
+}
+
+// Kernel uapi values (linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h,
+// linux/netfilter.h).
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFPROTO_IPV4: u8 = 2;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NF_INET_LOCAL_OUT: u32 = 3;
+const NF_ACCEPT: u32 = 1;
+/// `NF_IP_PRI_NAT_DST`: where destination NAT runs.
+const NAT_DST_PRIORITY: i32 = -100;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFT_META_OIF: u32 = 5;
+const NFT_META_L4PROTO: u32 = 16;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFT_CMP_EQ: u32 = 0;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFT_NAT_DNAT: u32 = 1;
+const NFT_REG_1: u32 = 1;
+const NFT_REG_2: u32 = 2;
+const IPPROTO_TCP: u8 = 6;
+
+const TABLE: &[u8] = b"airlock\0";
+const CHAIN: &[u8] = b"capture\0";
+
+/// Installs the redirect rule in the current network namespace: TCP over
+/// IPv4 routed to interface `oif` goes to `to` instead. Needs
+/// `CAP_NET_ADMIN` over the namespace; one atomic nf_tables batch, so on
+/// error nothing is installed.
+pub fn install_redirect(oif: &str, to: SocketAddrV4) -> Result<(), CaptureError> {
+    let name = std::ffi::CString::new(oif).map_err(|_| {
+        io_err(format!("name interface {oif:?}"))(io::ErrorKind::InvalidInput.into())
+    })?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io_err(format!("find interface {oif}"))(
+            io::Error::last_os_error(),
+        ));
+    }
+    let mut nl = Netlink::open(libc::NETLINK_NETFILTER)
+        .map_err(io_err("open a netfilter netlink socket"))?;
+    let (batch, acks) = redirect_batch(&mut nl, index, to);
+    nl.transact(&batch, &acks).map_err(io_err(format!(
+        "install the nf_tables rule redirecting TCP on {oif} to {to}"
+    )))
+}
+
+/// The batch: begin, table, chain, rule, end; the sequence numbers to be acknowledged.
+fn redirect_batch(nl: &mut Netlink, oif_index: u32, to: SocketAddrV4) -> (Vec<u8>, Vec<u32>) {
+    let nft = |m: u16| (NFNL_SUBSYS_NFTABLES << 8) | m;
+    let create = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
+    let mut out = Vec::new();
+    let mut acks = Vec::new();
+
+    let seq = nl.next_seq();
+    push_message(
+        &mut out,
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        seq,
+        &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
+    );
+
+    let mut table = nfgenmsg(NFPROTO_IPV4, 0);
+    push_attr(&mut table, NFTA_TABLE_NAME, TABLE);
+    let seq = nl.next_seq();
+    push_message(&mut out, nft(NFT_MSG_NEWTABLE), create, seq, &table);
+    acks.push(seq);
+
+    let mut chain = nfgenmsg(NFPROTO_IPV4, 0);
+    push_attr(&mut chain, NFTA_CHAIN_TABLE, TABLE);
+    push_attr(&mut chain, NFTA_CHAIN_NAME, CHAIN);
+    push_nested(&mut chain, NFTA_CHAIN_HOOK, |h| {
+        push_attr(h, NFTA_HOOK_HOOKNUM, &NF_INET_LOCAL_OUT.to_be_bytes());
+        push_attr(h, NFTA_HOOK_PRIORITY, &NAT_DST_PRIORITY.to_be_bytes());
+    });
+    push_attr(&mut chain, NFTA_CHAIN_POLICY, &NF_ACCEPT.to_be_bytes());
+    push_attr(&mut chain, NFTA_CHAIN_TYPE, b"nat\0");
+    let seq = nl.next_seq();
+    push_message(&mut out, nft(NFT_MSG_NEWCHAIN), create, seq, &chain);
+    acks.push(seq);
+
+    let mut rule = nfgenmsg(NFPROTO_IPV4, 0);
+    push_attr(&mut rule, NFTA_RULE_TABLE, TABLE);
+    push_attr(&mut rule, NFTA_RULE_CHAIN, CHAIN);
+    push_nested(&mut rule, NFTA_RULE_EXPRESSIONS, |e| {
+        // meta oif <index>
+        meta(e, NFT_META_OIF, NFT_REG_1);
+        cmp_eq(e, NFT_REG_1, &oif_index.to_ne_bytes());
+        // meta l4proto tcp
+        meta(e, NFT_META_L4PROTO, NFT_REG_1);
+        cmp_eq(e, NFT_REG_1, &[IPPROTO_TCP]);
+        // dnat to <to>
+        immediate(e, NFT_REG_1, &to.ip().octets());
+        immediate(e, NFT_REG_2, &to.port().to_be_bytes());
+        expr(e, b"nat\0", |d| {
+            push_attr(d, NFTA_NAT_TYPE, &NFT_NAT_DNAT.to_be_bytes());
+            push_attr(d, NFTA_NAT_FAMILY, &u32::from(NFPROTO_IPV4).to_be_bytes());
+            push_attr(d, NFTA_NAT_REG_ADDR_MIN, &NFT_REG_1.to_be_bytes());
+            push_attr(d, NFTA_NAT_REG_PROTO_MIN, &NFT_REG_2.to_be_bytes());
+        });
+    });
+    let seq = nl.next_seq();
+    push_message(&mut out, nft(NFT_MSG_NEWRULE), create, seq, &rule);
+    acks.push(seq);
+
+    let seq = nl.next_seq();
+    push_message(
+        &mut out,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        seq,
+        &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
+    );
+    (out, acks)
+}
+
+/// `struct nfgenmsg { u8 family; u8 version; __be16 res_id; }`.
+fn nfgenmsg(family: u8, res_id: u16) -> Vec<u8> {
+    let mut b = vec![family, 0];
+    b.extend_from_slice(&res_id.to_be_bytes());
+    b
+}
+
+fn expr(buf: &mut Vec<u8>, name: &[u8], data: impl FnOnce(&mut Vec<u8>)) {
+    push_nested(buf, NFTA_LIST_ELEM, |el| {
+        push_attr(el, NFTA_EXPR_NAME, name);
+        push_nested(el, NFTA_EXPR_DATA, data);
+    });
+}
+
+fn meta(buf: &mut Vec<u8>, key: u32, dreg: u32) {
+    expr(buf, b"meta\0", |d| {
+        push_attr(d, NFTA_META_DREG, &dreg.to_be_bytes());
+        push_attr(d, NFTA_META_KEY, &key.to_be_bytes());
+    });
+}
+
+fn cmp_eq(buf: &mut Vec<u8>, sreg: u32, value: &[u8]) {
+    expr(buf, b"cmp\0", |d| {
+        push_attr(d, NFTA_CMP_SREG, &sreg.to_be_bytes());
+        push_attr(d, NFTA_CMP_OP, &NFT_CMP_EQ.to_be_bytes());
+        push_nested(d, NFTA_CMP_DATA, |v| push_attr(v, NFTA_DATA_VALUE, value));
+    });
+}
+
+fn immediate(buf: &mut Vec<u8>, dreg: u32, value: &[u8]) {
+    expr(buf, b"immediate\0", |d| {
+        push_attr(d, NFTA_IMMEDIATE_DREG, &dreg.to_be_bytes());
+        push_nested(d, NFTA_IMMEDIATE_DATA, |v| {
+            push_attr(v, NFTA_DATA_VALUE, value)
+        });
+    });
+}
+
+/// The destination a redirected connection was addressed to (`SO_ORIGINAL_DST`, from the
+/// connection tracking of the socket's own network namespace).
+pub fn original_destination(fd: BorrowedFd<'_>) -> io::Result<SocketAddrV4> {
+    // SAFETY: `sockaddr_in` is plain old data; all-zero is valid.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` is a writable `sockaddr_in` of `len` bytes, as SO_ORIGINAL_DST expects.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ))
+}
+
+/// Serves the capture endpoint: every connection goes to the gate as a transparent one with its
+/// original destination; connections to `resolver` (port 53) are answered by the resolver.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    gate: Gate,
+    dns: DnsServer,
+    resolver: SocketAddr,
+) -> io::Result<()> {
+    let endpoint = listener.local_addr()?;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) if is_transient_accept_error(&e) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let _ = stream.set_nodelay(true);
+        let dst = match original_destination(stream.as_fd()) {
+            Ok(d) => SocketAddr::V4(d),
+            Err(_) => continue,
+        };
+        if dst == endpoint {
+            // Not redirected: someone inside connected to the endpoint itself.
+            let v = Verdict::deny(
+                Reason::Other,
+                "direct connection to the gate's capture endpoint",
+            );
+            gate.log(
+                DecisionPath::Transparent,
+                None,
+                Some(dst.ip()),
+                dst.port(),
+                &v,
+            );
+            continue;
+        }
+        if dst == resolver {
+            let dns = dns.clone();
+            tokio::spawn(async move { crate::stack::serve_dns_tcp(&dns, stream).await });
+            continue;
+        }
+        let gate = gate.clone();
+        tokio::spawn(async move { gate.handle_transparent(stream, dst, None).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walks a batch and returns each message's (type, flags, seq).
+    fn headers(b: &[u8]) -> Vec<(u16, u16, u32)> {
+        let mut out = Vec::new();
+        let mut rest = b;
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+            out.push((
+                u16::from_ne_bytes(rest[4..6].try_into().unwrap()),
+                u16::from_ne_bytes(rest[6..8].try_into().unwrap()),
+                u32::from_ne_bytes(rest[8..12].try_into().unwrap()),
+            ));
+            rest = &rest[(len + 3) & !3..];
+        }
+        out
+    }
+
+    #[test]
+    fn the_batch_is_begin_table_chain_rule_end_with_acks_on_the_three_objects() {
+        let mut nl = Netlink::open(libc::NETLINK_NETFILTER).unwrap();
+        let (b, acks) = redirect_batch(&mut nl, 7, CAPTURE_ADDR);
+        let h = headers(&b);
+        let kinds: Vec<u16> = h.iter().map(|x| x.0).collect();
+        assert_eq!(kinds, vec![0x10, 0xa00, 0xa03, 0xa06, 0x11]);
+        let acked: Vec<u32> = h
+            .iter()
+            .filter(|x| x.1 & NLM_F_ACK != 0)
+            .map(|x| x.2)
+            .collect();
+        assert_eq!(acked, acks);
+        // The rule carries the interface index, the address and the port.
+        let needle = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
+        assert!(needle(&7u32.to_ne_bytes()));
+        assert!(needle(&[127, 0, 0, 53]));
+        assert!(needle(&3129u16.to_be_bytes()));
+        assert!(needle(b"nat\0") && needle(b"immediate\0") && needle(b"cmp\0"));
+    }
+}
