@@ -10,7 +10,7 @@ use airlock_seccomp::SeccompProgram;
 use crate::caps;
 use crate::mounts::MountPlan;
 use crate::namespaces;
-use crate::process::CommandSpec;
+use crate::process::{CommandSpec, Confinement};
 
 /// Signals the init forwards to the first command (or, without one, treats as "stop").
 pub const FORWARDED: &[libc::c_int] = &[
@@ -147,14 +147,22 @@ pub fn run(
     close_all_except(&[0, 1, 2, sock, ports]);
     send(sock, &[MSG_READY]);
 
+    // The filter goes on before the command is started, so the command inherits it instead of
+    // attaching a second copy (the kernel prepares its per-syscall cache at every attach). What
+    // the init does from here on (start the command, drop capabilities, reap) passes the filter.
+    if seccomp.apply().is_err() {
+        exit(1);
+    }
     let main_pid = match main {
-        Some(cmd) => match namespaces::spawn_vfork(&mut || cmd.exec(seccomp, Some(sock))) {
-            Ok(pid) => Some(pid),
-            Err(e) => {
-                eprintln!("airlock: starting the command: {e}");
-                exit(126);
+        Some(cmd) => {
+            match namespaces::spawn_vfork(&mut || cmd.exec(Confinement::Inherited, Some(sock))) {
+                Ok(pid) => Some(pid),
+                Err(e) => {
+                    eprintln!("airlock: starting the command: {e}");
+                    exit(126);
+                }
             }
-        },
+        }
         None => None,
     };
     // The init stays dumpable (`airlock exec` joins its namespaces through a pidfd, which needs
@@ -178,9 +186,6 @@ pub fn run(
                 libc::close(null);
             }
         }
-    }
-    if seccomp.apply().is_err() {
-        exit(1);
     }
     reap_loop(main_pid, ports)
 }

@@ -148,6 +148,17 @@ pub fn git_credential_env(
     out
 }
 
+/// How a command gets the sandbox's seccomp filter.
+#[derive(Clone, Copy)]
+pub enum Confinement<'a> {
+    /// Install it right before `execve` (a command started from outside, `airlock exec`).
+    Install(&'a SeccompProgram),
+    /// The process that started the command had installed it already (the sandbox's init, whose
+    /// filter children inherit): attaching it a second time would only cost time. Checked with
+    /// `PR_GET_SECCOMP` before `execve`.
+    Inherited,
+}
+
 impl CommandSpec {
     pub fn new(
         spec: &SandboxSpec,
@@ -210,7 +221,7 @@ impl CommandSpec {
 
     /// Become the command. Runs in a freshly forked, single-threaded child that is already in all
     /// of the sandbox's namespaces. `pty_sock` carries the PTY master to the caller when `tty`.
-    pub fn exec(&self, seccomp: &SeccompProgram, pty_sock: Option<RawFd>) -> ! {
+    pub fn exec(&self, seccomp: Confinement<'_>, pty_sock: Option<RawFd>) -> ! {
         let code = match self.prepare(seccomp, pty_sock) {
             Ok(()) => self.execute(),
             Err((code, msg)) => {
@@ -224,7 +235,7 @@ impl CommandSpec {
 
     fn prepare(
         &self,
-        seccomp: &SeccompProgram,
+        seccomp: Confinement<'_>,
         pty_sock: Option<RawFd>,
     ) -> std::result::Result<(), (i32, String)> {
         let fail = |what: &str| (126, format!("{what}: {}", std::io::Error::last_os_error()));
@@ -303,9 +314,18 @@ impl CommandSpec {
                 return Err(fail("close_range"));
             }
         }
-        seccomp
-            .apply()
-            .map_err(|e| (126, format!("installing the seccomp filter: {e}")))?;
+        match seccomp {
+            Confinement::Install(p) => p
+                .apply()
+                .map_err(|e| (126, format!("installing the seccomp filter: {e}")))?,
+            Confinement::Inherited => {
+                // Fail closed: never run the command unfiltered because a caller was wrong.
+                // SAFETY: prctl with integer arguments.
+                if unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } != 2 {
+                    return Err((126, "internal: the seccomp filter was not inherited".into()));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use crate::init::{self, MSG_ERROR, MSG_GO, MSG_IN_CGROUP, MSG_READY};
 use crate::layers::Layers;
 use crate::mounts::{ExtraBind, MountPlan};
 use crate::namespaces::{self, IdMap, NsFds, SANDBOX_CLONE_FLAGS};
-use crate::process::CommandSpec;
+use crate::process::{CommandSpec, Confinement};
 use crate::pty;
 use crate::rlimits::Rlimits;
 
@@ -949,7 +949,7 @@ pub fn exec(
             fail(e.to_string());
         }
         match namespaces::clone_process(libc::CLONE_PARENT) {
-            Ok(0) => cmd.exec(&seccomp, Some(child_sock.as_raw_fd())),
+            Ok(0) => cmd.exec(Confinement::Install(&seccomp), Some(child_sock.as_raw_fd())),
             Ok(pid) => report_and_exit(format!("p{pid}"), 0),
             Err(e) => fail(format!("starting the command: {e}")),
         }
