@@ -25,6 +25,13 @@
 //! It matches only what routing already sent to `tun0`, so loopback
 //! traffic (the proxy endpoint, the resolver, the sandbox's own servers) is
 //! untouched. The netlink messages are built by hand ([`crate::netlink`]).
+//!
+//! Without a TUN device (no `/dev/net/tun`, or no access to it, as in many
+//! containers) the same rule still captures TCP: every IPv4 destination is
+//! routed to loopback ([`route_ipv4_to_loopback`]) and the rule matches
+//! `ip daddr != 127.0.0.0/8` instead of the interface. UDP and IPv6 then
+//! have no way out at all (refused or unreachable at once); only the
+//! resolver answers names.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -37,7 +44,8 @@ use crate::dns::{DnsServer, is_transient_accept_error};
 use crate::gate::Gate;
 use crate::log::DecisionPath;
 use crate::netlink::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, Netlink, push_attr, push_message, push_nested,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, Netlink, push_attr, push_message,
+    push_nested,
 };
 use crate::policy::{Reason, Verdict};
 
@@ -99,6 +107,19 @@ const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
 const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+/// Offset of the destination address in an IPv4 header.
+const IPV4_DADDR_OFFSET: u32 = 16;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
@@ -114,31 +135,89 @@ const IPPROTO_TCP: u8 = 6;
 const TABLE: &[u8] = b"airlock\0";
 const CHAIN: &[u8] = b"capture\0";
 
+/// Which connections the redirect rule takes.
+#[derive(Debug, Clone, Copy)]
+pub enum RedirectScope<'a> {
+    /// What routing sends to this interface (`tun0`): `meta oif "tun0"`.
+    Interface(&'a str),
+    /// Every destination outside 127.0.0.0/8, for a namespace without a TUN device whose every
+    /// IPv4 address routes to loopback ([`route_ipv4_to_loopback`]): `ip daddr != 127.0.0.0/8`.
+    NotLoopback,
+}
+
 /// Installs the redirect rule in the current network namespace: TCP over
-/// IPv4 routed to interface `oif` goes to `to` instead. Needs
-/// `CAP_NET_ADMIN` over the namespace; one atomic nf_tables batch, so on
-/// error nothing is installed.
-pub fn install_redirect(oif: &str, to: SocketAddrV4) -> Result<(), CaptureError> {
-    let name = std::ffi::CString::new(oif).map_err(|_| {
-        io_err(format!("name interface {oif:?}"))(io::ErrorKind::InvalidInput.into())
-    })?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io_err(format!("find interface {oif}"))(
-            io::Error::last_os_error(),
-        ));
-    }
+/// IPv4 in `scope` goes to `to` instead. Needs `CAP_NET_ADMIN` over the
+/// namespace; one atomic nf_tables batch, so on error nothing is installed.
+pub fn install_redirect(scope: RedirectScope<'_>, to: SocketAddrV4) -> Result<(), CaptureError> {
+    let matcher = match scope {
+        RedirectScope::Interface(oif) => {
+            let name = std::ffi::CString::new(oif).map_err(|_| {
+                io_err(format!("name interface {oif:?}"))(io::ErrorKind::InvalidInput.into())
+            })?;
+            // SAFETY: `name` is a valid NUL-terminated string.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if index == 0 {
+                return Err(io_err(format!("find interface {oif}"))(
+                    io::Error::last_os_error(),
+                ));
+            }
+            Match::Oif(index)
+        }
+        RedirectScope::NotLoopback => Match::NotLoopback,
+    };
     let mut nl = Netlink::open(libc::NETLINK_NETFILTER)
         .map_err(io_err("open a netfilter netlink socket"))?;
-    let (batch, acks) = redirect_batch(&mut nl, index, to);
+    let (batch, acks) = redirect_batch(&mut nl, matcher, to);
     nl.transact(&batch, &acks).map_err(io_err(format!(
-        "install the nf_tables rule redirecting TCP on {oif} to {to}"
+        "install the nf_tables rule redirecting TCP ({scope:?}) to {to}"
     )))
 }
 
+/// Routes every IPv4 destination to loopback (`ip route add local 0.0.0.0/0 dev lo`): in a
+/// namespace without a TUN device this gives connections somewhere to go so that the redirect
+/// rule ([`RedirectScope::NotLoopback`]) can take them; anything it does not take (UDP, say) is
+/// refused at once by the namespace itself, and nothing leaves it.
+pub fn route_ipv4_to_loopback() -> Result<(), CaptureError> {
+    const RTM_NEWROUTE: u16 = 24;
+    const RTA_OIF: u16 = 4;
+    const RT_TABLE_MAIN: u8 = 254;
+    const RTPROT_STATIC: u8 = 4;
+    const RT_SCOPE_HOST: u8 = 254;
+    const RTN_LOCAL: u8 = 2;
+    // SAFETY: a valid NUL-terminated name.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if lo == 0 {
+        return Err(io_err("find the loopback interface")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // struct rtmsg { u8 family, dst_len, src_len, tos, table, protocol, scope, type; u32 flags }
+    let mut body = vec![
+        libc::AF_INET as u8,
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        RT_SCOPE_HOST,
+        RTN_LOCAL,
+    ];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    push_attr(&mut body, RTA_OIF, &lo.to_ne_bytes());
+    let mut nl = Netlink::open(libc::NETLINK_ROUTE).map_err(io_err("open a netlink socket"))?;
+    nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &body)
+        .map_err(io_err("route IPv4 to loopback"))
+}
+
+/// The rule's match, resolved.
+#[derive(Debug, Clone, Copy)]
+enum Match {
+    Oif(u32),
+    NotLoopback,
+}
+
 /// The batch: begin, table, chain, rule, end; the sequence numbers to be acknowledged.
-fn redirect_batch(nl: &mut Netlink, oif_index: u32, to: SocketAddrV4) -> (Vec<u8>, Vec<u32>) {
+fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddrV4) -> (Vec<u8>, Vec<u32>) {
     let nft = |m: u16| (NFNL_SUBSYS_NFTABLES << 8) | m;
     let create = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
     let mut out = Vec::new();
@@ -176,12 +255,41 @@ fn redirect_batch(nl: &mut Netlink, oif_index: u32, to: SocketAddrV4) -> (Vec<u8
     push_attr(&mut rule, NFTA_RULE_TABLE, TABLE);
     push_attr(&mut rule, NFTA_RULE_CHAIN, CHAIN);
     push_nested(&mut rule, NFTA_RULE_EXPRESSIONS, |e| {
-        // meta oif <index>
-        meta(e, NFT_META_OIF, NFT_REG_1);
-        cmp_eq(e, NFT_REG_1, &oif_index.to_ne_bytes());
+        match matcher {
+            Match::Oif(index) => {
+                // meta oif <index>
+                meta(e, NFT_META_OIF, NFT_REG_1);
+                cmp(e, NFT_CMP_EQ, NFT_REG_1, &index.to_ne_bytes());
+            }
+            Match::NotLoopback => {
+                // ip daddr & 255.0.0.0 != 127.0.0.0
+                expr(e, b"payload\0", |d| {
+                    push_attr(d, NFTA_PAYLOAD_DREG, &NFT_REG_1.to_be_bytes());
+                    push_attr(
+                        d,
+                        NFTA_PAYLOAD_BASE,
+                        &NFT_PAYLOAD_NETWORK_HEADER.to_be_bytes(),
+                    );
+                    push_attr(d, NFTA_PAYLOAD_OFFSET, &IPV4_DADDR_OFFSET.to_be_bytes());
+                    push_attr(d, NFTA_PAYLOAD_LEN, &4u32.to_be_bytes());
+                });
+                expr(e, b"bitwise\0", |d| {
+                    push_attr(d, NFTA_BITWISE_SREG, &NFT_REG_1.to_be_bytes());
+                    push_attr(d, NFTA_BITWISE_DREG, &NFT_REG_1.to_be_bytes());
+                    push_attr(d, NFTA_BITWISE_LEN, &4u32.to_be_bytes());
+                    push_nested(d, NFTA_BITWISE_MASK, |v| {
+                        push_attr(v, NFTA_DATA_VALUE, &[255, 0, 0, 0])
+                    });
+                    push_nested(d, NFTA_BITWISE_XOR, |v| {
+                        push_attr(v, NFTA_DATA_VALUE, &[0; 4])
+                    });
+                });
+                cmp(e, NFT_CMP_NEQ, NFT_REG_1, &[127, 0, 0, 0]);
+            }
+        }
         // meta l4proto tcp
         meta(e, NFT_META_L4PROTO, NFT_REG_1);
-        cmp_eq(e, NFT_REG_1, &[IPPROTO_TCP]);
+        cmp(e, NFT_CMP_EQ, NFT_REG_1, &[IPPROTO_TCP]);
         // dnat to <to>
         immediate(e, NFT_REG_1, &to.ip().octets());
         immediate(e, NFT_REG_2, &to.port().to_be_bytes());
@@ -228,10 +336,10 @@ fn meta(buf: &mut Vec<u8>, key: u32, dreg: u32) {
     });
 }
 
-fn cmp_eq(buf: &mut Vec<u8>, sreg: u32, value: &[u8]) {
+fn cmp(buf: &mut Vec<u8>, op: u32, sreg: u32, value: &[u8]) {
     expr(buf, b"cmp\0", |d| {
         push_attr(d, NFTA_CMP_SREG, &sreg.to_be_bytes());
-        push_attr(d, NFTA_CMP_OP, &NFT_CMP_EQ.to_be_bytes());
+        push_attr(d, NFTA_CMP_OP, &op.to_be_bytes());
         push_nested(d, NFTA_CMP_DATA, |v| push_attr(v, NFTA_DATA_VALUE, value));
     });
 }
@@ -341,7 +449,7 @@ mod tests {
     #[test]
     fn the_batch_is_begin_table_chain_rule_end_with_acks_on_the_three_objects() {
         let mut nl = Netlink::open(libc::NETLINK_NETFILTER).unwrap();
-        let (b, acks) = redirect_batch(&mut nl, 7, CAPTURE_ADDR);
+        let (b, acks) = redirect_batch(&mut nl, Match::Oif(7), CAPTURE_ADDR);
         let h = headers(&b);
         let kinds: Vec<u16> = h.iter().map(|x| x.0).collect();
         assert_eq!(kinds, vec![0x10, 0xa00, 0xa03, 0xa06, 0x11]);
@@ -357,5 +465,10 @@ mod tests {
         assert!(needle(&[127, 0, 0, 53]));
         assert!(needle(&3129u16.to_be_bytes()));
         assert!(needle(b"nat\0") && needle(b"immediate\0") && needle(b"cmp\0"));
+        assert!(!needle(b"payload\0"));
+        let (b, _) = redirect_batch(&mut nl, Match::NotLoopback, CAPTURE_ADDR);
+        let needle = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
+        assert!(needle(b"payload\0") && needle(b"bitwise\0") && !needle(b"meta\0oif"));
+        assert!(needle(&[127, 0, 0, 0]) && needle(&[255, 0, 0, 0]));
     }
 }

@@ -32,7 +32,9 @@ pub mod stack;
 pub mod tls;
 pub mod tun;
 
-pub use capture::{CAPTURE_ADDR, CaptureError, install_redirect};
+pub use capture::{
+    CAPTURE_ADDR, CaptureError, RedirectScope, install_redirect, route_ipv4_to_loopback,
+};
 pub use dns::{DnsConfig, DnsServer, PinSet};
 pub use gate::{Connector, DirectConnector, Gate, GateConfig, NetListeners, NetService, proxy_env};
 pub use inject::{Credential, InjectError, Injection, Injector, SandboxCa};

@@ -172,15 +172,24 @@ const HAS_TUN: u8 = 1;
 const HAS_CAPTURE: u8 = 2;
 
 /// The kernel capture endpoint and its redirect rule (in the sandbox's network namespace, with
-/// `CAP_NET_ADMIN` there). An error says why TCP stays on the user-space path.
-fn kernel_capture(tun: &str) -> std::result::Result<OwnedFd, String> {
+/// `CAP_NET_ADMIN` there). With a TUN device the rule takes what is routed to it; without one,
+/// every IPv4 destination is routed to loopback and the rule takes what is not for loopback. An
+/// error says why TCP is not captured in the kernel.
+fn kernel_capture(tun: Option<&str>) -> std::result::Result<OwnedFd, String> {
     let listener = TcpListener::bind(airlock_net::CAPTURE_ADDR).map_err(|e| {
         format!(
             "binding the capture endpoint {}: {e}",
             airlock_net::CAPTURE_ADDR
         )
     })?;
-    airlock_net::install_redirect(tun, airlock_net::CAPTURE_ADDR).map_err(|e| e.to_string())?;
+    let scope = match tun {
+        Some(t) => airlock_net::RedirectScope::Interface(t),
+        None => airlock_net::RedirectScope::NotLoopback,
+    };
+    airlock_net::install_redirect(scope, airlock_net::CAPTURE_ADDR).map_err(|e| e.to_string())?;
+    if tun.is_none() {
+        airlock_net::route_ipv4_to_loopback().map_err(|e| e.to_string())?;
+    }
     Ok(OwnedFd::from(listener))
 }
 
@@ -213,12 +222,14 @@ impl InsideSockets {
                 Err(e) => (None, Some(e.to_string())),
             }
         };
-        let (capture, capture_error) = match &tun {
-            Some(_) => match kernel_capture(&cfg.name) {
+        let (capture, capture_error) = if capture {
+            let tun_name = tun.as_ref().map(|_| cfg.name.as_str());
+            match kernel_capture(tun_name) {
                 Ok(fd) => (Some(fd), None),
                 Err(e) => (None, Some(e)),
-            },
-            None => (None, None),
+            }
+        } else {
+            (None, None)
         };
         Ok(InsideSockets {
             proxy,
@@ -428,6 +439,7 @@ impl SandboxNet {
             .map(|c| (c.injection.injector.credentials().len(), c.missing.clone()));
         gate_cfg.injection = credentials.map(|c| c.injection);
         let dns_cfg = DnsConfig::new(upstream);
+        let kernel_capture = sockets.capture.is_some();
         let listeners = NetListeners {
             proxy: Some(TcpListener::from(sockets.proxy)),
             proxy_unix: None,
@@ -462,11 +474,22 @@ impl SandboxNet {
                     ),
                 )
             }
+            None if kernel_capture => (
+                None,
+                format!(
+                    "policy gate: proxy endpoint, resolver and transparent capture of TCP over IPv4 in the kernel; no tun0 ({}), so UDP and IPv6 have no way out",
+                    sockets.tun_error.unwrap_or_default()
+                ),
+            ),
             None => (
                 None,
                 format!(
-                    "policy gate: proxy endpoint and resolver only; other connections have no route ({})",
-                    sockets.tun_error.unwrap_or_default()
+                    "policy gate: proxy endpoint and resolver only; other connections have no route ({}{})",
+                    sockets.tun_error.unwrap_or_default(),
+                    sockets
+                        .capture_error
+                        .map(|e| format!("; no kernel capture: {e}"))
+                        .unwrap_or_default()
                 ),
             ),
         };

@@ -114,9 +114,31 @@ impl FakeInternet {
 
     /// `airlock ARGS` inside the fake internet, with its resolver as Airlock's upstream.
     fn airlock(&self, env: &Env, args: &[&str]) -> std::process::Output {
+        self.airlock_in(env, args, false)
+    }
+
+    /// Like [`FakeInternet::airlock`], with `/dev/net/tun` hidden from Airlock (an empty tmpfs on
+    /// /dev/net in a mount namespace of its own), as in a container without the device.
+    fn airlock_without_tun(&self, env: &Env, args: &[&str]) -> std::process::Output {
+        self.airlock_in(env, args, true)
+    }
+
+    fn airlock_in(&self, env: &Env, args: &[&str], hide_tun: bool) -> std::process::Output {
         let c = env.command(args);
         let mut ip = Command::new("ip");
         ip.args(["netns", "exec", &self.ns]);
+        if hide_tun {
+            ip.args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs -o mode=0755 none /dev/net && exec \"$@\"",
+                "sh",
+            ]);
+        }
         if let Who::User { uid, gid, .. } = env.who {
             // `ip netns exec` needs root; airlock itself runs as the user.
             ip.args([
@@ -293,19 +315,49 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
         assert!(out.status.success(), "{}", stderr(&out));
         let o = stdout(&out);
         assert_allowed_one_denied_the_rest(&o);
-        if line(&o, "direct_allowed").starts_with("ERR") {
-            // No transparent capture (no usable /dev/net/tun, as for users on this machine): only
-            // proxy-aware clients get out; a direct connection has no route at all.
-            assert!(!who.is_root(), "root has transparent capture here: {o}");
-        } else {
-            assert!(
-                line(&o, "direct_allowed").contains("200 OK"),
-                "transparent capture serves allowed names: {o}"
-            );
-            // TCP over IPv4 is redirected in the kernel to a socket the gate relays with
-            // splice(2); IPv6 and UDP (refused above) took the user-space stack on tun0.
-            assert_eq!(line(&o, "capture_path"), "kernel", "{o}");
-        }
+        // Transparent capture for everyone: root has a TUN device here, users have none (no access
+        // to /dev/net/tun on this machine) and get TCP captured in the kernel all the same. Either
+        // way TCP over IPv4 is redirected by an nf_tables rule to a socket the gate relays with
+        // splice(2); IPv6 and UDP (refused above) took the user-space stack or had no way out.
+        assert!(
+            line(&o, "direct_allowed").contains("200 OK"),
+            "transparent capture serves allowed names: {o}"
+        );
+        assert_eq!(line(&o, "capture_path"), "kernel", "{o}");
+
+        // Without a TUN device (a container without /dev/net/tun): TCP over IPv4 is still captured
+        // in the kernel; IPv6 has no route and UDP goes nowhere (delivered to the sandbox's own
+        // loopback, where nothing listens).
+        let out = net.airlock_without_tun(
+            &env,
+            &[
+                "run",
+                "--rm",
+                "--allow",
+                "allowed.test",
+                "--allow",
+                "rebind.test",
+                "--deny",
+                "denied.test",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                CLIENT,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let o3 = stdout(&out);
+        assert_allowed_one_denied_the_rest(&o3);
+        assert!(line(&o3, "direct_allowed").contains("200 OK"), "{o3}");
+        assert_eq!(line(&o3, "capture_path"), "kernel", "{o3}");
+        assert!(
+            line(&o3, "direct_v6").starts_with("ERR OSError"),
+            "no route for IPv6 without tun0: {o3}"
+        );
+        assert!(
+            line(&o3, "udp_other").starts_with("ERR"),
+            "UDP has no way out without tun0: {o3}"
+        );
 
         // Under `open` the public internet is reachable, but never private ranges, metadata, or
         // an allowed name that resolves into them (rebinding).
