@@ -304,6 +304,7 @@ fn boot_inner(
     drop(child_sock);
     drop(ports_child);
     drop(cgroup_procs);
+    airlock_core::startup::trace("boot: cloned");
     let fail = |e: NsError| {
         // SAFETY: killing and reaping the child we just created.
         unsafe {
@@ -318,6 +319,7 @@ fn boot_inner(
     if let Err(e) = idmap.write(pid) {
         return Err(fail(e));
     }
+    airlock_core::startup::trace("boot: id maps written");
     // A shifted sandbox reads host paths through idmapped clones, sent with the "go".
     let sources = if plan.shifted {
         match crate::idmapped::clone_sources(pid, &plan.staged_sources) {
