@@ -1,6 +1,7 @@
-//! Transparent capture in the kernel: TCP over IPv4 that the sandbox sends
-//! towards `tun0` is redirected, by one nf_tables rule in the sandbox's own
-//! network namespace, to a listening socket there (the capture endpoint),
+//! Transparent capture in the kernel: TCP that the sandbox sends towards
+//! `tun0` is redirected, by one nf_tables rule per IP version in the
+//! sandbox's own network namespace, to a listening socket there (the
+//! capture endpoint, `127.0.0.53:3129` and `[::1]:3129`),
 //! which the gate serves from the host side with the connection's original
 //! destination (`SO_ORIGINAL_DST`).
 //!
@@ -12,10 +13,11 @@
 //! The rule is a fast path, not a boundary: the sandbox's processes have no
 //! capabilities, so they cannot change it, and if it were gone (or the
 //! kernel has no nf_tables NAT) the same connections reach the user-space
-//! stack through `tun0` and meet the same gate. IPv6, UDP and everything
-//! else always take `tun0`.
+//! stack through `tun0` and meet the same gate. UDP and everything else
+//! always take `tun0`.
 //!
-//! The rule, in `nft` syntax (table `ip airlock`, chain `capture`):
+//! The IPv4 rule, in `nft` syntax (table `ip airlock`, chain `capture`; the
+//! IPv6 one is the same in `ip6 airlock`, to `[::1]:3129`):
 //!
 //! ```text
 //! type nat hook output priority -100; policy accept;
@@ -27,14 +29,14 @@
 //! untouched. The netlink messages are built by hand ([`crate::netlink`]).
 //!
 //! Without a TUN device (no `/dev/net/tun`, or no access to it, as in many
-//! containers) the same rule still captures TCP: every IPv4 destination is
-//! routed to loopback ([`route_ipv4_to_loopback`]) and the rule matches
-//! `ip daddr != 127.0.0.0/8` instead of the interface. UDP and IPv6 then
-//! have no way out at all (refused or unreachable at once); only the
-//! resolver answers names.
+//! containers) the same rules still capture TCP: every destination is
+//! routed to loopback ([`route_to_loopback`]) and the rules match
+//! `ip daddr != 127.0.0.0/8` / `ip6 daddr != ::1` instead of the interface.
+//! UDP and ICMP then have no way out at all (they end on the namespace's own
+//! loopback); only the resolver answers names.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
@@ -52,6 +54,8 @@ use crate::policy::{Reason, Verdict};
 /// Where captured connections arrive inside the sandbox: the resolver's loopback address (already
 /// reserved for Airlock), on a port of its own.
 pub const CAPTURE_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 3129);
+/// Where captured IPv6 connections arrive (IPv6 has a single loopback address).
+pub const CAPTURE_ADDR_V6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, 3129, 0, 0);
 
 /// Errors of the kernel redirect.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +85,7 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -115,6 +120,8 @@ const NFTA_PAYLOAD_LEN: u16 = 4;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 /// Offset of the destination address in an IPv4 header.
 const IPV4_DADDR_OFFSET: u32 = 16;
+/// Offset of the destination address in an IPv6 header.
+const IPV6_DADDR_OFFSET: u32 = 24;
 const NFTA_BITWISE_SREG: u16 = 1;
 const NFTA_BITWISE_DREG: u16 = 2;
 const NFTA_BITWISE_LEN: u16 = 3;
@@ -140,15 +147,17 @@ const CHAIN: &[u8] = b"capture\0";
 pub enum RedirectScope<'a> {
     /// What routing sends to this interface (`tun0`): `meta oif "tun0"`.
     Interface(&'a str),
-    /// Every destination outside 127.0.0.0/8, for a namespace without a TUN device whose every
-    /// IPv4 address routes to loopback ([`route_ipv4_to_loopback`]): `ip daddr != 127.0.0.0/8`.
+    /// Every destination but loopback (`ip daddr != 127.0.0.0/8`, `ip6 daddr != ::1`), for a
+    /// namespace without a TUN device whose every address routes to loopback
+    /// ([`route_to_loopback`]).
     NotLoopback,
 }
 
-/// Installs the redirect rule in the current network namespace: TCP over
-/// IPv4 in `scope` goes to `to` instead. Needs `CAP_NET_ADMIN` over the
-/// namespace; one atomic nf_tables batch, so on error nothing is installed.
-pub fn install_redirect(scope: RedirectScope<'_>, to: SocketAddrV4) -> Result<(), CaptureError> {
+/// Installs the redirect rule in the current network namespace: TCP of
+/// `to`'s IP version in `scope` goes to `to` instead (table `ip airlock` or
+/// `ip6 airlock`). Needs `CAP_NET_ADMIN` over the namespace; one atomic
+/// nf_tables batch, so on error nothing is installed.
+pub fn install_redirect(scope: RedirectScope<'_>, to: SocketAddr) -> Result<(), CaptureError> {
     let matcher = match scope {
         RedirectScope::Interface(oif) => {
             let name = std::ffi::CString::new(oif).map_err(|_| {
@@ -173,11 +182,12 @@ pub fn install_redirect(scope: RedirectScope<'_>, to: SocketAddrV4) -> Result<()
     )))
 }
 
-/// Routes every IPv4 destination to loopback (`ip route add local 0.0.0.0/0 dev lo`): in a
-/// namespace without a TUN device this gives connections somewhere to go so that the redirect
-/// rule ([`RedirectScope::NotLoopback`]) can take them; anything it does not take (UDP, say) is
-/// refused at once by the namespace itself, and nothing leaves it.
-pub fn route_ipv4_to_loopback() -> Result<(), CaptureError> {
+/// Routes every destination of one IP version to loopback (`ip route add local 0.0.0.0/0 dev lo`,
+/// `ip -6 route add local ::/0 dev lo`): in a namespace without a TUN device this gives
+/// connections somewhere to go so that the redirect rule ([`RedirectScope::NotLoopback`]) can
+/// take them; anything it does not take (UDP, ICMP) ends on the namespace's own loopback, and
+/// nothing leaves it.
+pub fn route_to_loopback(v6: bool) -> Result<(), CaptureError> {
     const RTM_NEWROUTE: u16 = 24;
     const RTA_OIF: u16 = 4;
     const RT_TABLE_MAIN: u8 = 254;
@@ -192,8 +202,9 @@ pub fn route_ipv4_to_loopback() -> Result<(), CaptureError> {
         ));
     }
     // struct rtmsg { u8 family, dst_len, src_len, tos, table, protocol, scope, type; u32 flags }
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
     let mut body = vec![
-        libc::AF_INET as u8,
+        family as u8,
         0,
         0,
         0,
@@ -206,7 +217,10 @@ pub fn route_ipv4_to_loopback() -> Result<(), CaptureError> {
     push_attr(&mut body, RTA_OIF, &lo.to_ne_bytes());
     let mut nl = Netlink::open(libc::NETLINK_ROUTE).map_err(io_err("open a netlink socket"))?;
     nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &body)
-        .map_err(io_err("route IPv4 to loopback"))
+        .map_err(io_err(format!(
+            "route IPv{} to loopback",
+            if v6 { 6 } else { 4 }
+        )))
 }
 
 /// The rule's match, resolved.
@@ -217,7 +231,23 @@ enum Match {
 }
 
 /// The batch: begin, table, chain, rule, end; the sequence numbers to be acknowledged.
-fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddrV4) -> (Vec<u8>, Vec<u32>) {
+fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> (Vec<u8>, Vec<u32>) {
+    // The family's number, the target address, and the destination field and loopback value the
+    // `NotLoopback` match compares (IPv4: the /8, after a mask).
+    let (family, addr, daddr_offset, loopback) = match to {
+        SocketAddr::V4(a) => (
+            NFPROTO_IPV4,
+            a.ip().octets().to_vec(),
+            IPV4_DADDR_OFFSET,
+            vec![127, 0, 0, 0],
+        ),
+        SocketAddr::V6(a) => (
+            NFPROTO_IPV6,
+            a.ip().octets().to_vec(),
+            IPV6_DADDR_OFFSET,
+            Ipv6Addr::LOCALHOST.octets().to_vec(),
+        ),
+    };
     let nft = |m: u16| (NFNL_SUBSYS_NFTABLES << 8) | m;
     let create = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
     let mut out = Vec::new();
@@ -232,13 +262,13 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddrV4) -> (Vec<u8
         &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
     );
 
-    let mut table = nfgenmsg(NFPROTO_IPV4, 0);
+    let mut table = nfgenmsg(family, 0);
     push_attr(&mut table, NFTA_TABLE_NAME, TABLE);
     let seq = nl.next_seq();
     push_message(&mut out, nft(NFT_MSG_NEWTABLE), create, seq, &table);
     acks.push(seq);
 
-    let mut chain = nfgenmsg(NFPROTO_IPV4, 0);
+    let mut chain = nfgenmsg(family, 0);
     push_attr(&mut chain, NFTA_CHAIN_TABLE, TABLE);
     push_attr(&mut chain, NFTA_CHAIN_NAME, CHAIN);
     push_nested(&mut chain, NFTA_CHAIN_HOOK, |h| {
@@ -251,7 +281,7 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddrV4) -> (Vec<u8
     push_message(&mut out, nft(NFT_MSG_NEWCHAIN), create, seq, &chain);
     acks.push(seq);
 
-    let mut rule = nfgenmsg(NFPROTO_IPV4, 0);
+    let mut rule = nfgenmsg(family, 0);
     push_attr(&mut rule, NFTA_RULE_TABLE, TABLE);
     push_attr(&mut rule, NFTA_RULE_CHAIN, CHAIN);
     push_nested(&mut rule, NFTA_RULE_EXPRESSIONS, |e| {
@@ -262,7 +292,8 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddrV4) -> (Vec<u8
                 cmp(e, NFT_CMP_EQ, NFT_REG_1, &index.to_ne_bytes());
             }
             Match::NotLoopback => {
-                // ip daddr & 255.0.0.0 != 127.0.0.0
+                // ip daddr & 255.0.0.0 != 127.0.0.0 / ip6 daddr != ::1
+                let len = loopback.len() as u32;
                 expr(e, b"payload\0", |d| {
                     push_attr(d, NFTA_PAYLOAD_DREG, &NFT_REG_1.to_be_bytes());
                     push_attr(
@@ -270,32 +301,34 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddrV4) -> (Vec<u8
                         NFTA_PAYLOAD_BASE,
                         &NFT_PAYLOAD_NETWORK_HEADER.to_be_bytes(),
                     );
-                    push_attr(d, NFTA_PAYLOAD_OFFSET, &IPV4_DADDR_OFFSET.to_be_bytes());
-                    push_attr(d, NFTA_PAYLOAD_LEN, &4u32.to_be_bytes());
+                    push_attr(d, NFTA_PAYLOAD_OFFSET, &daddr_offset.to_be_bytes());
+                    push_attr(d, NFTA_PAYLOAD_LEN, &len.to_be_bytes());
                 });
-                expr(e, b"bitwise\0", |d| {
-                    push_attr(d, NFTA_BITWISE_SREG, &NFT_REG_1.to_be_bytes());
-                    push_attr(d, NFTA_BITWISE_DREG, &NFT_REG_1.to_be_bytes());
-                    push_attr(d, NFTA_BITWISE_LEN, &4u32.to_be_bytes());
-                    push_nested(d, NFTA_BITWISE_MASK, |v| {
-                        push_attr(v, NFTA_DATA_VALUE, &[255, 0, 0, 0])
+                if family == NFPROTO_IPV4 {
+                    expr(e, b"bitwise\0", |d| {
+                        push_attr(d, NFTA_BITWISE_SREG, &NFT_REG_1.to_be_bytes());
+                        push_attr(d, NFTA_BITWISE_DREG, &NFT_REG_1.to_be_bytes());
+                        push_attr(d, NFTA_BITWISE_LEN, &len.to_be_bytes());
+                        push_nested(d, NFTA_BITWISE_MASK, |v| {
+                            push_attr(v, NFTA_DATA_VALUE, &[255, 0, 0, 0])
+                        });
+                        push_nested(d, NFTA_BITWISE_XOR, |v| {
+                            push_attr(v, NFTA_DATA_VALUE, &[0; 4])
+                        });
                     });
-                    push_nested(d, NFTA_BITWISE_XOR, |v| {
-                        push_attr(v, NFTA_DATA_VALUE, &[0; 4])
-                    });
-                });
-                cmp(e, NFT_CMP_NEQ, NFT_REG_1, &[127, 0, 0, 0]);
+                }
+                cmp(e, NFT_CMP_NEQ, NFT_REG_1, &loopback);
             }
         }
         // meta l4proto tcp
         meta(e, NFT_META_L4PROTO, NFT_REG_1);
         cmp(e, NFT_CMP_EQ, NFT_REG_1, &[IPPROTO_TCP]);
         // dnat to <to>
-        immediate(e, NFT_REG_1, &to.ip().octets());
+        immediate(e, NFT_REG_1, &addr);
         immediate(e, NFT_REG_2, &to.port().to_be_bytes());
         expr(e, b"nat\0", |d| {
             push_attr(d, NFTA_NAT_TYPE, &NFT_NAT_DNAT.to_be_bytes());
-            push_attr(d, NFTA_NAT_FAMILY, &u32::from(NFPROTO_IPV4).to_be_bytes());
+            push_attr(d, NFTA_NAT_FAMILY, &u32::from(family).to_be_bytes());
             push_attr(d, NFTA_NAT_REG_ADDR_MIN, &NFT_REG_1.to_be_bytes());
             push_attr(d, NFTA_NAT_REG_PROTO_MIN, &NFT_REG_2.to_be_bytes());
         });
@@ -353,29 +386,56 @@ fn immediate(buf: &mut Vec<u8>, dreg: u32, value: &[u8]) {
     });
 }
 
-/// The destination a redirected connection was addressed to (`SO_ORIGINAL_DST`, from the
-/// connection tracking of the socket's own network namespace).
-pub fn original_destination(fd: BorrowedFd<'_>) -> io::Result<SocketAddrV4> {
-    // SAFETY: `sockaddr_in` is plain old data; all-zero is valid.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `addr` is a writable `sockaddr_in` of `len` bytes, as SO_ORIGINAL_DST expects.
+/// The destination a redirected connection was addressed to (`SO_ORIGINAL_DST` /
+/// `IP6T_SO_ORIGINAL_DST`, from the connection tracking of the socket's own network namespace).
+pub fn original_destination(fd: BorrowedFd<'_>, v6: bool) -> io::Result<SocketAddr> {
+    /// `IP6T_SO_ORIGINAL_DST` (linux/netfilter_ipv6/ip6_tables.h).
+    const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
+    // SAFETY: `sockaddr_in6` is plain old data, all-zero is valid, and it is large enough for
+    // either answer.
+    let mut raw: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let (level, name, size) = if v6 {
+        (
+            libc::SOL_IPV6,
+            IP6T_SO_ORIGINAL_DST,
+            std::mem::size_of::<libc::sockaddr_in6>(),
+        )
+    } else {
+        (
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            std::mem::size_of::<libc::sockaddr_in>(),
+        )
+    };
+    let mut len = size as libc::socklen_t;
+    // SAFETY: `raw` is a writable buffer of at least `len` bytes, as the option expects.
     let r = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
-            libc::SOL_IP,
-            libc::SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
+            level,
+            name,
+            (&mut raw as *mut libc::sockaddr_in6).cast(),
             &mut len,
         )
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
-    ))
+    if v6 {
+        return Ok(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(raw.sin6_addr.s6_addr),
+            u16::from_be(raw.sin6_port),
+            0,
+            0,
+        )));
+    }
+    // SAFETY: the kernel wrote a `sockaddr_in` at the start of the buffer, which is larger.
+    let v4: libc::sockaddr_in =
+        unsafe { std::ptr::read((&raw as *const libc::sockaddr_in6).cast()) };
+    Ok(SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+        u16::from_be(v4.sin_port),
+    )))
 }
 
 /// Serves the capture endpoint: every connection goes to the gate as a transparent one with its
@@ -387,6 +447,7 @@ pub(crate) async fn serve(
     resolver: SocketAddr,
 ) -> io::Result<()> {
     let endpoint = listener.local_addr()?;
+    let v6 = endpoint.is_ipv6();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -397,9 +458,8 @@ pub(crate) async fn serve(
             Err(e) => return Err(e),
         };
         let _ = stream.set_nodelay(true);
-        let dst = match original_destination(stream.as_fd()) {
-            Ok(d) => SocketAddr::V4(d),
-            Err(_) => continue,
+        let Ok(dst) = original_destination(stream.as_fd(), v6) else {
+            continue;
         };
         if dst == endpoint {
             // Not redirected: someone inside connected to the endpoint itself.
@@ -449,7 +509,7 @@ mod tests {
     #[test]
     fn the_batch_is_begin_table_chain_rule_end_with_acks_on_the_three_objects() {
         let mut nl = Netlink::open(libc::NETLINK_NETFILTER).unwrap();
-        let (b, acks) = redirect_batch(&mut nl, Match::Oif(7), CAPTURE_ADDR);
+        let (b, acks) = redirect_batch(&mut nl, Match::Oif(7), CAPTURE_ADDR.into());
         let h = headers(&b);
         let kinds: Vec<u16> = h.iter().map(|x| x.0).collect();
         assert_eq!(kinds, vec![0x10, 0xa00, 0xa03, 0xa06, 0x11]);
@@ -466,9 +526,15 @@ mod tests {
         assert!(needle(&3129u16.to_be_bytes()));
         assert!(needle(b"nat\0") && needle(b"immediate\0") && needle(b"cmp\0"));
         assert!(!needle(b"payload\0"));
-        let (b, _) = redirect_batch(&mut nl, Match::NotLoopback, CAPTURE_ADDR);
+        let (b, _) = redirect_batch(&mut nl, Match::NotLoopback, CAPTURE_ADDR.into());
         let needle = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
         assert!(needle(b"payload\0") && needle(b"bitwise\0") && !needle(b"meta\0oif"));
         assert!(needle(&[127, 0, 0, 0]) && needle(&[255, 0, 0, 0]));
+        // IPv6: the ip6 family, ::1 as the target and as the excluded destination, no mask.
+        let (b, _) = redirect_batch(&mut nl, Match::NotLoopback, CAPTURE_ADDR_V6.into());
+        let needle = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
+        let table = &b[20..]; // after the batch-begin message (16 + 4 bytes)
+        assert_eq!(table[16], NFPROTO_IPV6, "the table's family");
+        assert!(needle(&Ipv6Addr::LOCALHOST.octets()) && !needle(b"bitwise\0"));
     }
 }

@@ -1263,9 +1263,9 @@ pub struct NetListeners {
     pub dns_udp: Option<std::net::UdpSocket>,
     /// DNS over TCP.
     pub dns_tcp: Option<std::net::TcpListener>,
-    /// The kernel capture endpoint ([`crate::capture`]) and the resolver address whose
-    /// connections it answers itself (port 53 of the TUN resolver).
-    pub capture: Option<(std::net::TcpListener, SocketAddr)>,
+    /// The kernel capture endpoints ([`crate::capture`], one per IP version), each with the
+    /// resolver address whose connections it answers itself (port 53 of the TUN resolver).
+    pub capture: Vec<(std::net::TcpListener, SocketAddr)>,
 }
 
 /// A sandbox's gate and DNS server running on a `current_thread` tokio
@@ -1303,14 +1303,11 @@ impl NetService {
         listeners: NetListeners,
     ) -> Result<NetService, GateError> {
         let io_err = |action| move |source| GateError::Io { action, source };
-        let capture = listeners.capture.as_ref().map(|c| &c.0);
-        for l in [
-            listeners.proxy.as_ref(),
-            listeners.dns_tcp.as_ref(),
-            capture,
-        ]
-        .into_iter()
-        .flatten()
+        let capture = listeners.capture.iter().map(|c| &c.0);
+        for l in [listeners.proxy.as_ref(), listeners.dns_tcp.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(capture)
         {
             l.set_nonblocking(true)
                 .map_err(io_err("set a listener non-blocking"))?;
@@ -1355,7 +1352,7 @@ impl NetService {
                         let d = d.clone();
                         tasks.spawn(async move { d.serve_tcp(l).await.map_err(GateError::from) });
                     }
-                    if let Some((l, resolver)) = listeners.capture {
+                    for (l, resolver) in listeners.capture {
                         let l = TcpListener::from_std(l).map_err(io_err("register the capture endpoint"))?;
                         let (g, d) = (g.clone(), d.clone());
                         tasks.spawn(async move {

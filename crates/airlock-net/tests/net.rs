@@ -1107,7 +1107,7 @@ fn net_service_runs_in_its_own_thread() {
             proxy_unix: None,
             dns_udp: Some(udp),
             dns_tcp: None,
-            capture: None,
+            capture: Vec::new(),
         },
     )
     .unwrap();

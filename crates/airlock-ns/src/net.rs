@@ -160,37 +160,54 @@ pub struct InsideSockets {
     pub tun: Option<OwnedFd>,
     /// Why there is no TUN device, if there is none.
     pub tun_error: Option<String>,
-    /// The kernel capture endpoint (TCP over IPv4 bound for `tun0` is redirected here by an
-    /// nf_tables rule, [`airlock_net::capture`]); only with a TUN device.
-    pub capture: Option<OwnedFd>,
-    /// Why TCP is not captured in the kernel, if it is not (it then goes through `tun0`).
+    /// The kernel capture endpoints, IPv4 then IPv6 where the kernel has it (TCP is redirected
+    /// there by nf_tables rules, [`airlock_net::capture`]).
+    pub capture: Vec<OwnedFd>,
+    /// Why TCP is not captured in the kernel, if it is not (it then goes through `tun0`, if any).
     pub capture_error: Option<String>,
 }
 
 const MSG_NET: u8 = b'N';
 const HAS_TUN: u8 = 1;
 const HAS_CAPTURE: u8 = 2;
+const HAS_CAPTURE_V6: u8 = 4;
 
-/// The kernel capture endpoint and its redirect rule (in the sandbox's network namespace, with
-/// `CAP_NET_ADMIN` there). With a TUN device the rule takes what is routed to it; without one,
-/// every IPv4 destination is routed to loopback and the rule takes what is not for loopback. An
-/// error says why TCP is not captured in the kernel.
-fn kernel_capture(tun: Option<&str>) -> std::result::Result<OwnedFd, String> {
-    let listener = TcpListener::bind(airlock_net::CAPTURE_ADDR).map_err(|e| {
-        format!(
-            "binding the capture endpoint {}: {e}",
-            airlock_net::CAPTURE_ADDR
-        )
-    })?;
+/// The kernel capture endpoints and their redirect rules (in the sandbox's network namespace,
+/// with `CAP_NET_ADMIN` there): IPv4, then IPv6 unless the kernel has none. With a TUN device the
+/// rules take what is routed to it; without one, every destination is routed to loopback and the
+/// rules take what is not for loopback. An error says why TCP is not captured in the kernel.
+fn kernel_capture(tun: Option<&str>) -> std::result::Result<Vec<OwnedFd>, String> {
     let scope = match tun {
         Some(t) => airlock_net::RedirectScope::Interface(t),
         None => airlock_net::RedirectScope::NotLoopback,
     };
-    airlock_net::install_redirect(scope, airlock_net::CAPTURE_ADDR).map_err(|e| e.to_string())?;
-    if tun.is_none() {
-        airlock_net::route_ipv4_to_loopback().map_err(|e| e.to_string())?;
+    let mut endpoints = Vec::new();
+    let targets = [
+        SocketAddr::from(airlock_net::CAPTURE_ADDR),
+        SocketAddr::from(airlock_net::CAPTURE_ADDR_V6),
+    ];
+    for to in targets {
+        let listener = match TcpListener::bind(to) {
+            Ok(l) => l,
+            // No IPv6 in this kernel (or none on lo): then the sandbox has no IPv6 at all.
+            Err(e)
+                if to.is_ipv6()
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                    ) =>
+            {
+                break;
+            }
+            Err(e) => return Err(format!("binding the capture endpoint {to}: {e}")),
+        };
+        airlock_net::install_redirect(scope, to).map_err(|e| e.to_string())?;
+        if tun.is_none() {
+            airlock_net::route_to_loopback(to.is_ipv6()).map_err(|e| e.to_string())?;
+        }
+        endpoints.push(OwnedFd::from(listener));
     }
-    Ok(OwnedFd::from(listener))
+    Ok(endpoints)
 }
 
 impl InsideSockets {
@@ -225,11 +242,11 @@ impl InsideSockets {
         let (capture, capture_error) = if capture {
             let tun_name = tun.as_ref().map(|_| cfg.name.as_str());
             match kernel_capture(tun_name) {
-                Ok(fd) => (Some(fd), None),
-                Err(e) => (None, Some(e)),
+                Ok(fds) => (fds, None),
+                Err(e) => (Vec::new(), Some(e)),
             }
         } else {
-            (None, None)
+            (Vec::new(), None)
         };
         Ok(InsideSockets {
             proxy,
@@ -244,7 +261,8 @@ impl InsideSockets {
 
     /// Hand the sockets to the supervisor over the setup channel. The message is `N`, a byte
     /// saying which optional sockets follow the three fixed ones (bit 0 the TUN device, bit 1 the
-    /// capture endpoint), then the TUN error, a NUL, and the capture error.
+    /// IPv4 capture endpoint, bit 2 the IPv6 one), then the TUN error, a NUL, and the capture
+    /// error.
     pub fn send(&self, sock: RawFd) -> Result<()> {
         let mut fds = vec![
             self.proxy.as_raw_fd(),
@@ -256,9 +274,9 @@ impl InsideSockets {
             fds.push(t.as_raw_fd());
             present |= HAS_TUN;
         }
-        if let Some(c) = &self.capture {
+        for (c, bit) in self.capture.iter().zip([HAS_CAPTURE, HAS_CAPTURE_V6]) {
             fds.push(c.as_raw_fd());
-            present |= HAS_CAPTURE;
+            present |= bit;
         }
         let mut msg = vec![MSG_NET, present];
         msg.extend_from_slice(self.tun_error.as_deref().unwrap_or("").as_bytes());
@@ -275,7 +293,7 @@ impl InsideSockets {
     pub fn recv(sock: RawFd) -> Result<std::result::Result<InsideSockets, Vec<u8>>> {
         let mut buf = vec![0u8; 4096];
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([RawFd; 5]);
+        let mut space = nix::cmsg_space!([RawFd; 6]);
         let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
             .map_err(|e| NsError::sys("receiving from the sandbox's init", e.into()))?;
         let n = msg.bytes;
@@ -294,8 +312,10 @@ impl InsideSockets {
         }
         let bytes = buf[..n].to_vec();
         let present = bytes.get(1).copied().unwrap_or(0);
-        let want =
-            3 + usize::from(present & HAS_TUN != 0) + usize::from(present & HAS_CAPTURE != 0);
+        let want = 3 + [HAS_TUN, HAS_CAPTURE, HAS_CAPTURE_V6]
+            .iter()
+            .filter(|b| present & **b != 0)
+            .count();
         if bytes.first() != Some(&MSG_NET) || bytes.len() < 2 || fds.len() != want {
             return Ok(Err(bytes));
         }
@@ -305,11 +325,11 @@ impl InsideSockets {
             return Ok(Err(bytes));
         };
         let tun = if present & HAS_TUN != 0 { next() } else { None };
-        let capture = if present & HAS_CAPTURE != 0 {
-            next()
-        } else {
-            None
-        };
+        let capture: Vec<OwnedFd> = [HAS_CAPTURE, HAS_CAPTURE_V6]
+            .iter()
+            .filter(|b| present & **b != 0)
+            .filter_map(|_| next())
+            .collect();
         let text = String::from_utf8_lossy(&bytes[2..]).into_owned();
         let (tun_error, capture_error) = text.split_once('\0').unwrap_or((&text, ""));
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -439,16 +459,22 @@ impl SandboxNet {
             .map(|c| (c.injection.injector.credentials().len(), c.missing.clone()));
         gate_cfg.injection = credentials.map(|c| c.injection);
         let dns_cfg = DnsConfig::new(upstream);
-        let kernel_capture = sockets.capture.is_some();
+        let kernel_capture = match sockets.capture.len() {
+            0 => None,
+            1 => Some("TCP over IPv4"),
+            _ => Some("TCP"),
+        };
         let listeners = NetListeners {
             proxy: Some(TcpListener::from(sockets.proxy)),
             proxy_unix: None,
             dns_udp: Some(UdpSocket::from(sockets.dns_udp)),
             dns_tcp: Some(TcpListener::from(sockets.dns_tcp)),
-            capture: sockets.capture.map(|c| {
+            capture: {
                 let resolver = SocketAddr::new(TunConfig::default().dns_v4.into(), 53);
-                (TcpListener::from(c), resolver)
-            }),
+                (sockets.capture.into_iter())
+                    .map(|c| (TcpListener::from(c), resolver))
+                    .collect()
+            },
         };
         let handle = airlock_net::PolicyHandle::new(policy);
         let service = NetService::start(gate_cfg, dns_cfg, handle, log.clone(), listeners)
@@ -463,9 +489,16 @@ impl SandboxNet {
                     &TunConfig::default(),
                     service.runtime(),
                 );
-                let how = match &sockets.capture_error {
-                    None => "TCP over IPv4 redirected in the kernel, the rest through a user-space stack".to_string(),
-                    Some(e) => format!("all through a user-space stack; no kernel redirect: {e}"),
+                let how = match (&sockets.capture_error, kernel_capture) {
+                    (None, Some(what)) => {
+                        format!(
+                            "{what} redirected in the kernel, the rest through a user-space stack"
+                        )
+                    }
+                    (Some(e), _) => {
+                        format!("all through a user-space stack; no kernel redirect: {e}")
+                    }
+                    (None, None) => "all through a user-space stack".to_string(),
                 };
                 (
                     Some(s),
@@ -474,10 +507,11 @@ impl SandboxNet {
                     ),
                 )
             }
-            None if kernel_capture => (
+            None if kernel_capture.is_some() => (
                 None,
                 format!(
-                    "policy gate: proxy endpoint, resolver and transparent capture of TCP over IPv4 in the kernel; no tun0 ({}), so UDP and IPv6 have no way out",
+                    "policy gate: proxy endpoint, resolver and transparent capture of {} in the kernel; no tun0 ({}), so UDP and ICMP have no way out",
+                    kernel_capture.unwrap_or_default(),
                     sockets.tun_error.unwrap_or_default()
                 ),
             ),
