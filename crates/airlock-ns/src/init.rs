@@ -99,6 +99,15 @@ pub fn run(
             0,
         );
     }
+    // The network needs neither our id maps nor the filesystem: set it up while the supervisor
+    // writes the maps and prepares the "go" (the supervisor reads the sockets, or this error,
+    // after it sent the "go").
+    if let Err(msg) = setup_network(plan, hostname, sock) {
+        let mut m = vec![MSG_ERROR];
+        m.extend_from_slice(msg.as_bytes());
+        send(sock, &m);
+        exit(1);
+    }
     // EOF here means the supervisor died before writing our id maps: nothing to do.
     let staged = match recv_with_fds(sock) {
         // All the clones the plan expects, or nothing is built (a truncated message would
@@ -112,7 +121,7 @@ pub fn run(
     };
     // Into the sandbox's cgroup before anything else runs here (see `cgroups::join_self`).
     if let Err(msg) =
-        crate::cgroups::join_self(cgroup_procs).and_then(|()| setup(plan, hostname, sock, staged))
+        crate::cgroups::join_self(cgroup_procs).and_then(|()| setup(plan, sock, staged))
     {
         let mut m = vec![MSG_ERROR];
         m.extend_from_slice(msg.as_bytes());
@@ -190,12 +199,8 @@ pub fn run(
     reap_loop(main_pid, ports)
 }
 
-fn setup(
-    plan: &MountPlan,
-    hostname: &str,
-    sock: RawFd,
-    staged: Vec<OwnedFd>,
-) -> Result<(), String> {
+/// Hostname, loopback, and the network's ways out (handed to the supervisor).
+fn setup_network(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
     // SAFETY: sethostname with a valid buffer.
     unsafe {
         if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
@@ -214,6 +219,11 @@ fn setup(
     sockets.send(sock).map_err(|e| e.to_string())?;
     drop(sockets);
     airlock_core::startup::trace("init: network sockets handed over");
+    Ok(())
+}
+
+/// The filesystem, the cgroup namespace and (shifted) root's ids inside.
+fn setup(plan: &MountPlan, sock: RawFd, staged: Vec<OwnedFd>) -> Result<(), String> {
     plan.apply(staged).map_err(|e| e.to_string())?;
     airlock_core::startup::trace("init: filesystem built");
     // We joined the sandbox's cgroup first thing; once the supervisor confirms the sandbox is
