@@ -99,15 +99,18 @@ pub fn run(
             0,
         );
     }
-    // The network needs neither our id maps nor the filesystem: set it up while the supervisor
-    // writes the maps and prepares the "go" (the supervisor reads the sockets, or this error,
-    // after it sent the "go").
-    if let Err(msg) = setup_network(plan, hostname, sock) {
-        let mut m = vec![MSG_ERROR];
-        m.extend_from_slice(msg.as_bytes());
-        send(sock, &m);
-        exit(1);
-    }
+    // The network needs neither our id maps nor the filesystem: it is built on a thread of its
+    // own while the supervisor writes the maps and this thread builds the filesystem (the
+    // supervisor reads the sockets, or an error, after it sent the "go").
+    let net = match set_hostname(hostname).and_then(|()| NetSetup::spawn(plan, sock)) {
+        Ok(n) => n,
+        Err(msg) => {
+            let mut m = vec![MSG_ERROR];
+            m.extend_from_slice(msg.as_bytes());
+            send(sock, &m);
+            exit(1);
+        }
+    };
     // EOF here means the supervisor died before writing our id maps: nothing to do.
     let staged = match recv_with_fds(sock) {
         // All the clones the plan expects, or nothing is built (a truncated message would
@@ -121,7 +124,7 @@ pub fn run(
     };
     // Into the sandbox's cgroup before anything else runs here (see `cgroups::join_self`).
     if let Err(msg) =
-        crate::cgroups::join_self(cgroup_procs).and_then(|()| setup(plan, sock, staged))
+        crate::cgroups::join_self(cgroup_procs).and_then(|()| setup(plan, sock, staged, net))
     {
         let mut m = vec![MSG_ERROR];
         m.extend_from_slice(msg.as_bytes());
@@ -199,32 +202,90 @@ pub fn run(
     reap_loop(main_pid, ports)
 }
 
-/// Hostname, loopback, and the network's ways out (handed to the supervisor).
-fn setup_network(plan: &MountPlan, hostname: &str, sock: RawFd) -> Result<(), String> {
+fn set_hostname(hostname: &str) -> Result<(), String> {
     // SAFETY: sethostname with a valid buffer.
-    unsafe {
-        if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
-            return Err(format!(
-                "setting the hostname: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+    if unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) } != 0 {
+        return Err(format!(
+            "setting the hostname: {}",
+            std::io::Error::last_os_error()
+        ));
     }
-    namespaces::loopback_up().map_err(|e| e.to_string())?;
-    airlock_core::startup::trace("init: hostname, lo");
-    // The network's only ways out, served by the supervisor: created here, in the sandbox's
-    // network namespace, while we still hold its capabilities and can see /dev/net/tun.
-    let sockets =
-        crate::net::InsideSockets::create(plan.network_capture).map_err(|e| e.to_string())?;
-    sockets.send(sock).map_err(|e| e.to_string())?;
-    drop(sockets);
-    airlock_core::startup::trace("init: network sockets handed over");
     Ok(())
 }
 
-/// The filesystem, the cgroup namespace and (shifted) root's ids inside.
-fn setup(plan: &MountPlan, sock: RawFd, staged: Vec<OwnedFd>) -> Result<(), String> {
-    plan.apply(staged).map_err(|e| e.to_string())?;
+/// The sandbox's network namespace, built on a thread of the init's own: the thread unshares a
+/// new network namespace (affecting only itself), brings `lo` up, creates the network's ways out
+/// there while it holds the namespace's capabilities, hands them to the supervisor, and returns
+/// the namespace; [`NetSetup::enter`] then moves the init into it. Creating a network namespace
+/// is the costliest namespace to make (~0.45 ms here); this way it overlaps the filesystem's
+/// construction instead of preceding it (the clone creates the others).
+struct NetSetup(Option<std::thread::JoinHandle<Result<OwnedFd, String>>>);
+
+impl NetSetup {
+    fn spawn(plan: &MountPlan, sock: RawFd) -> Result<NetSetup, String> {
+        let capture = plan.network_capture;
+        let thread = std::thread::Builder::new()
+            .name("airlock-init-net".into())
+            .stack_size(256 * 1024)
+            .spawn(move || -> Result<OwnedFd, String> {
+                // SAFETY: unshare with a flag; a new network namespace for this thread only.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!(
+                        "creating the network namespace: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                let ns = std::fs::File::open("/proc/thread-self/ns/net")
+                    .map(OwnedFd::from)
+                    .map_err(|e| format!("opening the new network namespace: {e}"))?;
+                namespaces::loopback_up().map_err(|e| e.to_string())?;
+                airlock_core::startup::trace("init: network namespace, lo");
+                let sockets =
+                    crate::net::InsideSockets::create(capture).map_err(|e| e.to_string())?;
+                sockets.send(sock).map_err(|e| e.to_string())?;
+                airlock_core::startup::trace("init: network sockets handed over");
+                Ok(ns)
+            })
+            .map_err(|e| format!("starting the network setup: {e}"))?;
+        Ok(NetSetup(Some(thread)))
+    }
+
+    /// Waits for the network thread and joins its namespace (idempotent). Nothing that shows
+    /// the network (sysfs, the command) may come before this: until then the init is in the
+    /// namespace the host gave it.
+    fn enter(&mut self) -> Result<(), String> {
+        let Some(thread) = self.0.take() else {
+            return Ok(());
+        };
+        let ns = thread
+            .join()
+            .map_err(|_| "the network setup thread failed".to_string())??;
+        // SAFETY: setns on a namespace descriptor we own; affects this thread only, and the
+        // process is single-threaded again.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "entering the network namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The filesystem, the network namespace, the cgroup namespace and (shifted) root's ids inside.
+fn setup(
+    plan: &MountPlan,
+    sock: RawFd,
+    staged: Vec<OwnedFd>,
+    mut net: NetSetup,
+) -> Result<(), String> {
+    let applied = plan.apply(staged, &mut || {
+        net.enter().map_err(crate::error::NsError::Setup)
+    });
+    // In every case (an error or not), the network thread is done before anything else is said
+    // on the channel, and the init is in the sandbox's network namespace before it goes on.
+    net.enter()?;
+    applied.map_err(|e| e.to_string())?;
     airlock_core::startup::trace("init: filesystem built");
     // We joined the sandbox's cgroup first thing; once the supervisor confirms the sandbox is
     // set up on its side, a new cgroup namespace makes that cgroup our root.

@@ -286,7 +286,11 @@ impl MountPlan {
     /// Build the sandbox's filesystem and switch to it. Runs in the child, in its own mount and
     /// user namespaces, before anything of the agent runs. `staged` are the idmapped clones of
     /// [`MountPlan::staged_sources`] (empty unless shifted).
-    pub fn apply(&self, staged: Vec<std::os::fd::OwnedFd>) -> Result<()> {
+    pub fn apply(
+        &self,
+        staged: Vec<std::os::fd::OwnedFd>,
+        enter_netns: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
         // Nothing we mount propagates back to the host, and nothing of the host's propagates in.
         mount(
             None,
@@ -513,6 +517,9 @@ impl MountPlan {
         // kernel allows it, else the host's, read-only.
         let sys = r.join("sys");
         mkdir(&sys, 0o555)?;
+        // sysfs shows the mounting process's network namespace (and needs to own it): the
+        // sandbox's, made in parallel with the work above (see the init's `NetSetup`).
+        enter_netns()?;
         let ro_sys = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         if mount(Some("sysfs"), &sys, Some("sysfs"), ro_sys, None).is_err() {
             bind(Path::new("/sys"), &sys, true)?;

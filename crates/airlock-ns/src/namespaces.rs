@@ -6,13 +6,14 @@ use std::path::Path;
 use crate::error::{NsError, Result};
 
 /// The namespaces every sandbox gets at creation. The cgroup namespace is unshared by the child
-/// after its supervisor has moved it into the sandbox's cgroup, so that cgroup becomes its root.
+/// after its supervisor has moved it into the sandbox's cgroup, so that cgroup becomes its root;
+/// the network namespace is made by the child on a thread of its own while it builds its
+/// filesystem, and joined before anything can see the network (`init::NetSetup`).
 pub const SANDBOX_CLONE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWNS
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWNET;
+    | libc::CLONE_NEWUTS;
 
 /// Namespaces joined by `exec`, in the order they must be entered: the user namespace first, so
 /// that the others (owned by it) can be joined without privileges on the host.
