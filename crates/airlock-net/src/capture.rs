@@ -141,6 +141,12 @@ const IPPROTO_TCP: u8 = 6;
 
 const TABLE: &[u8] = b"airlock\0";
 const CHAIN: &[u8] = b"capture\0";
+const UNTRACKED: &[u8] = b"untracked\0";
+/// `NF_IP_PRI_RAW`: before connection tracking.
+const RAW_PRIORITY: i32 = -300;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const TCP_SPORT_OFFSET: u32 = 0;
+const TCP_DPORT_OFFSET: u32 = 2;
 
 /// Which connections the redirect rule takes.
 #[derive(Debug, Clone, Copy)]
@@ -176,10 +182,15 @@ pub fn install_redirect(scope: RedirectScope<'_>, to: SocketAddr) -> Result<(), 
     };
     let mut nl = Netlink::open(libc::NETLINK_NETFILTER)
         .map_err(io_err("open a netfilter netlink socket"))?;
-    let (batch, acks) = redirect_batch(&mut nl, matcher, to);
-    nl.transact(&batch, &acks).map_err(io_err(format!(
-        "install the nf_tables rule redirecting TCP ({scope:?}) to {to}"
-    )))
+    let batch = redirect_batch(&mut nl, matcher, to);
+    nl.transact(&batch.out, &batch.acks).map_err(|e| {
+        let what = e.at.and_then(|i| batch.what.get(i)).copied();
+        io_err(format!(
+            "install the nf_tables rules redirecting TCP ({scope:?}) to {to}{}",
+            what.map(|w| format!(" ({w} was refused)"))
+                .unwrap_or_default()
+        ))(e.error)
+    })
 }
 
 /// Routes every destination of one IP version to loopback (`ip route add local 0.0.0.0/0 dev lo`,
@@ -223,6 +234,31 @@ pub fn route_to_loopback(v6: bool) -> Result<(), CaptureError> {
         )))
 }
 
+/// Connection tracking's timeouts for TCP states after the end of a connection (and before its
+/// start), in seconds, set in the sandbox's namespace by [`shorten_tcp_tracking`].
+pub const TCP_TRACKING_TIMEOUTS: &[(&str, u32)] = &[
+    ("nf_conntrack_tcp_timeout_time_wait", 5),
+    ("nf_conntrack_tcp_timeout_close", 5),
+    ("nf_conntrack_tcp_timeout_syn_sent", 10),
+    ("nf_conntrack_tcp_timeout_syn_recv", 10),
+    ("nf_conntrack_tcp_timeout_fin_wait", 10),
+    ("nf_conntrack_tcp_timeout_close_wait", 10),
+    ("nf_conntrack_tcp_timeout_last_ack", 10),
+];
+
+/// Shortens, in the current network namespace, how long connection tracking remembers TCP
+/// connections that are closing or closed (2 minutes by default for TIME_WAIT): with the
+/// redirect rules, every TCP connection the sandbox makes is tracked, and a sandbox churning
+/// connections would otherwise keep that many entries in the kernel's table (host memory, not
+/// charged to the sandbox). Open connections each hold a socket of the gate, which limits them.
+pub fn shorten_tcp_tracking() -> Result<(), CaptureError> {
+    for (name, secs) in TCP_TRACKING_TIMEOUTS {
+        let path = format!("/proc/sys/net/netfilter/{name}");
+        std::fs::write(&path, secs.to_string()).map_err(io_err(format!("set {path}")))?;
+    }
+    Ok(())
+}
+
 /// The rule's match, resolved.
 #[derive(Debug, Clone, Copy)]
 enum Match {
@@ -230,10 +266,88 @@ enum Match {
     NotLoopback,
 }
 
-/// The batch: begin, table, chain, rule, end; the sequence numbers to be acknowledged.
-fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> (Vec<u8>, Vec<u32>) {
-    // The family's number, the target address, and the destination field and loopback value the
-    // `NotLoopback` match compares (IPv4: the /8, after a mask).
+/// One nf_tables batch under construction: the messages, the sequence numbers to be
+/// acknowledged, and what each message is (for errors).
+struct Batch {
+    out: Vec<u8>,
+    acks: Vec<u32>,
+    what: Vec<&'static str>,
+}
+
+impl Batch {
+    fn new(nl: &mut Netlink) -> Batch {
+        let mut b = Batch {
+            out: Vec::new(),
+            acks: Vec::new(),
+            what: Vec::new(),
+        };
+        let seq = nl.next_seq();
+        let body = nfgenmsg(0, NFNL_SUBSYS_NFTABLES);
+        push_message(&mut b.out, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, &body);
+        b.what.push("the nf_tables batch");
+        b
+    }
+
+    /// A new object (table, chain, rule), acknowledged.
+    fn add(&mut self, nl: &mut Netlink, msg: u16, body: &[u8], what: &'static str) {
+        let seq = nl.next_seq();
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
+        let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
+        push_message(&mut self.out, kind, flags, seq, body);
+        self.acks.push(seq);
+        self.what.push(what);
+    }
+
+    fn finish(mut self, nl: &mut Netlink) -> Batch {
+        let seq = nl.next_seq();
+        let body = nfgenmsg(0, NFNL_SUBSYS_NFTABLES);
+        push_message(&mut self.out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, &body);
+        self.what.push("the nf_tables batch");
+        self
+    }
+}
+
+/// A chain hooked on locally generated packets (`type <kind> hook output priority <priority>;
+/// policy accept`).
+fn output_chain(family: u8, name: &[u8], kind: &[u8], priority: i32) -> Vec<u8> {
+    let mut chain = nfgenmsg(family, 0);
+    push_attr(&mut chain, NFTA_CHAIN_TABLE, TABLE);
+    push_attr(&mut chain, NFTA_CHAIN_NAME, name);
+    push_nested(&mut chain, NFTA_CHAIN_HOOK, |h| {
+        push_attr(h, NFTA_HOOK_HOOKNUM, &NF_INET_LOCAL_OUT.to_be_bytes());
+        push_attr(h, NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
+    });
+    push_attr(&mut chain, NFTA_CHAIN_POLICY, &NF_ACCEPT.to_be_bytes());
+    push_attr(&mut chain, NFTA_CHAIN_TYPE, kind);
+    chain
+}
+
+/// A rule in `chain` whose expressions `exprs` writes.
+fn rule(family: u8, chain: &[u8], exprs: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut rule = nfgenmsg(family, 0);
+    push_attr(&mut rule, NFTA_RULE_TABLE, TABLE);
+    push_attr(&mut rule, NFTA_RULE_CHAIN, chain);
+    push_nested(&mut rule, NFTA_RULE_EXPRESSIONS, exprs);
+    rule
+}
+
+/// The batch for one IP version (table `ip airlock` or `ip6 airlock`):
+///
+/// ```text
+/// chain capture { type nat hook output priority -100; policy accept;
+///     <match> meta l4proto tcp dnat to <to> }
+/// chain untracked { type filter hook output priority -300; policy accept;
+///     meta l4proto != tcp notrack
+///     <daddr is loopback> tcp sport != <port> tcp dport != <port> notrack }
+/// ```
+///
+/// `untracked` keeps connection tracking (which the `nat` chain turns on in the namespace) to
+/// the connections the redirect needs: without it the agent could fill the namespace's share of
+/// the kernel's conntrack table (host memory, not charged to the sandbox) with UDP or loopback
+/// TCP that no rule here cares about.
+fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> Batch {
+    // The family's number, the target address, and the destination field and loopback value
+    // the loopback matches compare (IPv4: the /8, after a mask).
     let (family, addr, daddr_offset, loopback) = match to {
         SocketAddr::V4(a) => (
             NFPROTO_IPV4,
@@ -248,43 +362,43 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> (Vec<u8>,
             Ipv6Addr::LOCALHOST.octets().to_vec(),
         ),
     };
-    let nft = |m: u16| (NFNL_SUBSYS_NFTABLES << 8) | m;
-    let create = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
-    let mut out = Vec::new();
-    let mut acks = Vec::new();
+    // Loads the destination address (masked to the /8 for IPv4) into register 1.
+    let load_daddr = |e: &mut Vec<u8>| {
+        let len = loopback.len() as u32;
+        expr(e, b"payload\0", |d| {
+            push_attr(d, NFTA_PAYLOAD_DREG, &NFT_REG_1.to_be_bytes());
+            push_attr(
+                d,
+                NFTA_PAYLOAD_BASE,
+                &NFT_PAYLOAD_NETWORK_HEADER.to_be_bytes(),
+            );
+            push_attr(d, NFTA_PAYLOAD_OFFSET, &daddr_offset.to_be_bytes());
+            push_attr(d, NFTA_PAYLOAD_LEN, &len.to_be_bytes());
+        });
+        if family == NFPROTO_IPV4 {
+            expr(e, b"bitwise\0", |d| {
+                push_attr(d, NFTA_BITWISE_SREG, &NFT_REG_1.to_be_bytes());
+                push_attr(d, NFTA_BITWISE_DREG, &NFT_REG_1.to_be_bytes());
+                push_attr(d, NFTA_BITWISE_LEN, &len.to_be_bytes());
+                push_nested(d, NFTA_BITWISE_MASK, |v| {
+                    push_attr(v, NFTA_DATA_VALUE, &[255, 0, 0, 0])
+                });
+                push_nested(d, NFTA_BITWISE_XOR, |v| {
+                    push_attr(v, NFTA_DATA_VALUE, &[0; 4])
+                });
+            });
+        }
+    };
+    let port = to.port().to_be_bytes();
 
-    let seq = nl.next_seq();
-    push_message(
-        &mut out,
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        seq,
-        &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
-    );
-
+    let mut b = Batch::new(nl);
     let mut table = nfgenmsg(family, 0);
     push_attr(&mut table, NFTA_TABLE_NAME, TABLE);
-    let seq = nl.next_seq();
-    push_message(&mut out, nft(NFT_MSG_NEWTABLE), create, seq, &table);
-    acks.push(seq);
+    b.add(nl, NFT_MSG_NEWTABLE, &table, "the table");
 
-    let mut chain = nfgenmsg(family, 0);
-    push_attr(&mut chain, NFTA_CHAIN_TABLE, TABLE);
-    push_attr(&mut chain, NFTA_CHAIN_NAME, CHAIN);
-    push_nested(&mut chain, NFTA_CHAIN_HOOK, |h| {
-        push_attr(h, NFTA_HOOK_HOOKNUM, &NF_INET_LOCAL_OUT.to_be_bytes());
-        push_attr(h, NFTA_HOOK_PRIORITY, &NAT_DST_PRIORITY.to_be_bytes());
-    });
-    push_attr(&mut chain, NFTA_CHAIN_POLICY, &NF_ACCEPT.to_be_bytes());
-    push_attr(&mut chain, NFTA_CHAIN_TYPE, b"nat\0");
-    let seq = nl.next_seq();
-    push_message(&mut out, nft(NFT_MSG_NEWCHAIN), create, seq, &chain);
-    acks.push(seq);
-
-    let mut rule = nfgenmsg(family, 0);
-    push_attr(&mut rule, NFTA_RULE_TABLE, TABLE);
-    push_attr(&mut rule, NFTA_RULE_CHAIN, CHAIN);
-    push_nested(&mut rule, NFTA_RULE_EXPRESSIONS, |e| {
+    let chain = output_chain(family, CHAIN, b"nat\0", NAT_DST_PRIORITY);
+    b.add(nl, NFT_MSG_NEWCHAIN, &chain, "the nat chain");
+    let redirect = rule(family, CHAIN, |e| {
         match matcher {
             Match::Oif(index) => {
                 // meta oif <index>
@@ -293,30 +407,7 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> (Vec<u8>,
             }
             Match::NotLoopback => {
                 // ip daddr & 255.0.0.0 != 127.0.0.0 / ip6 daddr != ::1
-                let len = loopback.len() as u32;
-                expr(e, b"payload\0", |d| {
-                    push_attr(d, NFTA_PAYLOAD_DREG, &NFT_REG_1.to_be_bytes());
-                    push_attr(
-                        d,
-                        NFTA_PAYLOAD_BASE,
-                        &NFT_PAYLOAD_NETWORK_HEADER.to_be_bytes(),
-                    );
-                    push_attr(d, NFTA_PAYLOAD_OFFSET, &daddr_offset.to_be_bytes());
-                    push_attr(d, NFTA_PAYLOAD_LEN, &len.to_be_bytes());
-                });
-                if family == NFPROTO_IPV4 {
-                    expr(e, b"bitwise\0", |d| {
-                        push_attr(d, NFTA_BITWISE_SREG, &NFT_REG_1.to_be_bytes());
-                        push_attr(d, NFTA_BITWISE_DREG, &NFT_REG_1.to_be_bytes());
-                        push_attr(d, NFTA_BITWISE_LEN, &len.to_be_bytes());
-                        push_nested(d, NFTA_BITWISE_MASK, |v| {
-                            push_attr(v, NFTA_DATA_VALUE, &[255, 0, 0, 0])
-                        });
-                        push_nested(d, NFTA_BITWISE_XOR, |v| {
-                            push_attr(v, NFTA_DATA_VALUE, &[0; 4])
-                        });
-                    });
-                }
+                load_daddr(e);
                 cmp(e, NFT_CMP_NEQ, NFT_REG_1, &loopback);
             }
         }
@@ -325,7 +416,7 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> (Vec<u8>,
         cmp(e, NFT_CMP_EQ, NFT_REG_1, &[IPPROTO_TCP]);
         // dnat to <to>
         immediate(e, NFT_REG_1, &addr);
-        immediate(e, NFT_REG_2, &to.port().to_be_bytes());
+        immediate(e, NFT_REG_2, &port);
         expr(e, b"nat\0", |d| {
             push_attr(d, NFTA_NAT_TYPE, &NFT_NAT_DNAT.to_be_bytes());
             push_attr(d, NFTA_NAT_FAMILY, &u32::from(family).to_be_bytes());
@@ -333,19 +424,48 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> (Vec<u8>,
             push_attr(d, NFTA_NAT_REG_PROTO_MIN, &NFT_REG_2.to_be_bytes());
         });
     });
-    let seq = nl.next_seq();
-    push_message(&mut out, nft(NFT_MSG_NEWRULE), create, seq, &rule);
-    acks.push(seq);
+    b.add(nl, NFT_MSG_NEWRULE, &redirect, "the redirect rule");
 
-    let seq = nl.next_seq();
-    push_message(
-        &mut out,
-        NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST,
-        seq,
-        &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
+    let chain = output_chain(family, UNTRACKED, b"filter\0", RAW_PRIORITY);
+    b.add(nl, NFT_MSG_NEWCHAIN, &chain, "the untracked chain");
+    let not_tcp = rule(family, UNTRACKED, |e| {
+        meta(e, NFT_META_L4PROTO, NFT_REG_1);
+        cmp(e, NFT_CMP_NEQ, NFT_REG_1, &[IPPROTO_TCP]);
+        expr(e, b"notrack\0", |_| {});
+    });
+    b.add(
+        nl,
+        NFT_MSG_NEWRULE,
+        &not_tcp,
+        "the rule untracking all but TCP",
     );
-    (out, acks)
+    let loopback_tcp = rule(family, UNTRACKED, |e| {
+        meta(e, NFT_META_L4PROTO, NFT_REG_1);
+        cmp(e, NFT_CMP_EQ, NFT_REG_1, &[IPPROTO_TCP]);
+        load_daddr(e);
+        cmp(e, NFT_CMP_EQ, NFT_REG_1, &loopback);
+        for offset in [TCP_SPORT_OFFSET, TCP_DPORT_OFFSET] {
+            expr(e, b"payload\0", |d| {
+                push_attr(d, NFTA_PAYLOAD_DREG, &NFT_REG_1.to_be_bytes());
+                push_attr(
+                    d,
+                    NFTA_PAYLOAD_BASE,
+                    &NFT_PAYLOAD_TRANSPORT_HEADER.to_be_bytes(),
+                );
+                push_attr(d, NFTA_PAYLOAD_OFFSET, &offset.to_be_bytes());
+                push_attr(d, NFTA_PAYLOAD_LEN, &2u32.to_be_bytes());
+            });
+            cmp(e, NFT_CMP_NEQ, NFT_REG_1, &port);
+        }
+        expr(e, b"notrack\0", |_| {});
+    });
+    b.add(
+        nl,
+        NFT_MSG_NEWRULE,
+        &loopback_tcp,
+        "the rule untracking loopback TCP",
+    );
+    b.finish(nl)
 }
 
 /// `struct nfgenmsg { u8 family; u8 version; __be16 res_id; }`.
@@ -477,12 +597,24 @@ pub(crate) async fn serve(
             continue;
         }
         if dst == resolver {
+            let Some(permit) = gate.connection_permit(DecisionPath::Dns) else {
+                continue;
+            };
             let dns = dns.clone();
-            tokio::spawn(async move { crate::stack::serve_dns_tcp(&dns, stream).await });
+            tokio::spawn(async move {
+                crate::stack::serve_dns_tcp(&dns, stream).await;
+                drop(permit);
+            });
             continue;
         }
+        let Some(permit) = gate.connection_permit(DecisionPath::Transparent) else {
+            continue;
+        };
         let gate = gate.clone();
-        tokio::spawn(async move { gate.handle_transparent(stream, dst, None).await });
+        tokio::spawn(async move {
+            gate.handle_transparent(stream, dst, None).await;
+            drop(permit);
+        });
     }
 }
 
@@ -507,33 +639,32 @@ mod tests {
     }
 
     #[test]
-    fn the_batch_is_begin_table_chain_rule_end_with_acks_on_the_three_objects() {
+    fn the_batch_creates_table_two_chains_three_rules_and_names_each_message() {
         let mut nl = Netlink::open(libc::NETLINK_NETFILTER).unwrap();
-        let (b, acks) = redirect_batch(&mut nl, Match::Oif(7), CAPTURE_ADDR.into());
-        let h = headers(&b);
+        let b = redirect_batch(&mut nl, Match::Oif(7), CAPTURE_ADDR.into());
+        let h = headers(&b.out);
         let kinds: Vec<u16> = h.iter().map(|x| x.0).collect();
-        assert_eq!(kinds, vec![0x10, 0xa00, 0xa03, 0xa06, 0x11]);
+        assert_eq!(
+            kinds,
+            vec![0x10, 0xa00, 0xa03, 0xa06, 0xa03, 0xa06, 0xa06, 0x11]
+        );
+        assert_eq!(b.what.len(), kinds.len(), "every message is named");
         let acked: Vec<u32> = h
             .iter()
             .filter(|x| x.1 & NLM_F_ACK != 0)
             .map(|x| x.2)
             .collect();
-        assert_eq!(acked, acks);
-        // The rule carries the interface index, the address and the port.
-        let needle = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
+        assert_eq!(acked, b.acks);
+        // The rules carry the interface index, the address, the port and notrack.
+        let needle = |n: &[u8]| b.out.windows(n.len()).any(|w| w == n);
         assert!(needle(&7u32.to_ne_bytes()));
         assert!(needle(&[127, 0, 0, 53]));
         assert!(needle(&3129u16.to_be_bytes()));
-        assert!(needle(b"nat\0") && needle(b"immediate\0") && needle(b"cmp\0"));
-        assert!(!needle(b"payload\0"));
-        let (b, _) = redirect_batch(&mut nl, Match::NotLoopback, CAPTURE_ADDR.into());
-        let needle = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
-        assert!(needle(b"payload\0") && needle(b"bitwise\0") && !needle(b"meta\0oif"));
-        assert!(needle(&[127, 0, 0, 0]) && needle(&[255, 0, 0, 0]));
-        // IPv6: the ip6 family, ::1 as the target and as the excluded destination, no mask.
-        let (b, _) = redirect_batch(&mut nl, Match::NotLoopback, CAPTURE_ADDR_V6.into());
-        let needle = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
-        let table = &b[20..]; // after the batch-begin message (16 + 4 bytes)
+        assert!(needle(b"nat\0") && needle(b"notrack\0") && needle(b"filter\0"));
+        // IPv6: the ip6 family and ::1, no IPv4 mask.
+        let b = redirect_batch(&mut nl, Match::NotLoopback, CAPTURE_ADDR_V6.into());
+        let needle = |n: &[u8]| b.out.windows(n.len()).any(|w| w == n);
+        let table = &b.out[20..]; // after the batch-begin message (16 + 4 bytes)
         assert_eq!(table[16], NFPROTO_IPV6, "the table's family");
         assert!(needle(&Ipv6Addr::LOCALHOST.octets()) && !needle(b"bitwise\0"));
     }

@@ -716,7 +716,11 @@ pub(crate) fn is_transient_accept_error(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::Interrupted
             | std::io::ErrorKind::WouldBlock
-    ) || matches!(e.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE: wait and retry
+    ) || matches!(
+        e.raw_os_error(),
+        // Out of descriptors or kernel memory for a moment: wait and retry.
+        Some(libc::ENFILE | libc::EMFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 #[cfg(test)]

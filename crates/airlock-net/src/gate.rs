@@ -74,6 +74,9 @@ pub struct GateConfig {
     /// Credential injection (see [`crate::inject`]); `None`: off, nothing
     /// is ever intercepted.
     pub injection: Option<Injection>,
+    /// How many connections the gate serves at once from its listeners
+    /// (proxy, kernel capture); more are closed at once and logged.
+    pub max_connections: usize,
 }
 
 impl GateConfig {
@@ -88,6 +91,7 @@ impl GateConfig {
             sniff_timeout: Duration::from_millis(300),
             host_alias: None,
             injection: None,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -127,7 +131,15 @@ struct Inner {
     upstream: Upstream,
     connector: Arc<dyn Connector>,
     upstream_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    /// Connections the gate is serving from its listeners (proxy, kernel capture), at most
+    /// [`GateConfig::max_connections`]: each holds a descriptor of the host process, which a
+    /// sandbox must not be able to run out of.
+    connections: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many connections the gate serves at once from its listeners by default; more are closed
+/// at once (the user-space stack on `tun0` has the same limit of its own).
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// The gate; cheap to clone, all clones share policy, pins and log.
 #[derive(Clone)]
@@ -179,6 +191,7 @@ impl Gate {
         connector: Arc<dyn Connector>,
     ) -> Gate {
         let upstream = Upstream::new(config.upstream_dns, config.dns_timeout);
+        let max_connections = config.max_connections;
         Gate {
             inner: Arc::new(Inner {
                 config,
@@ -188,6 +201,7 @@ impl Gate {
                 upstream,
                 connector,
                 upstream_tls: std::sync::OnceLock::new(),
+                connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             }),
         }
     }
@@ -262,8 +276,36 @@ impl Gate {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Some(permit) = self.connection_permit(DecisionPath::ProxyConnect) else {
+            return;
+        };
         let this = self.clone();
-        tokio::spawn(async move { this.handle_proxy(s).await });
+        tokio::spawn(async move {
+            this.handle_proxy(s).await;
+            drop(permit);
+        });
+    }
+
+    /// A place for one more connection, or `None` (logged) when [`GateConfig::max_connections`]
+    /// are being served: the caller closes the connection.
+    pub(crate) fn connection_permit(
+        &self,
+        path: DecisionPath,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.inner.connections.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let v = Verdict::deny(
+                    Reason::Other,
+                    format!(
+                        "too many connections at once (the gate serves {})",
+                        self.inner.config.max_connections
+                    ),
+                );
+                self.log(path, None, None, 0, &v);
+                None
+            }
+        }
     }
 
     pub(crate) fn log(

@@ -33,7 +33,8 @@ pub mod tls;
 pub mod tun;
 
 pub use capture::{
-    CAPTURE_ADDR, CAPTURE_ADDR_V6, CaptureError, RedirectScope, install_redirect, route_to_loopback,
+    CAPTURE_ADDR, CAPTURE_ADDR_V6, CaptureError, RedirectScope, install_redirect,
+    route_to_loopback, shorten_tcp_tracking,
 };
 pub use dns::{DnsConfig, DnsServer, PinSet};
 pub use gate::{Connector, DirectConnector, Gate, GateConfig, NetListeners, NetService, proxy_env};

@@ -22,6 +22,23 @@ pub(crate) const NLM_F_CREATE: u16 = 0x400;
 /// `struct nlattr` flag marking an attribute that holds attributes.
 pub(crate) const NLA_F_NESTED: u16 = 0x8000;
 
+/// How long [`Netlink::transact`] waits for the kernel's answers.
+pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A failed [`Netlink::transact`]: the error, and the index of the message it answered (when the
+/// kernel named one of ours).
+#[derive(Debug)]
+pub(crate) struct TransactError {
+    pub(crate) at: Option<usize>,
+    pub(crate) error: io::Error,
+}
+
+impl From<TransactError> for io::Error {
+    fn from(e: TransactError) -> io::Error {
+        e.error
+    }
+}
+
 /// A netlink socket talking to the kernel.
 pub(crate) struct Netlink {
     fd: OwnedFd,
@@ -29,7 +46,8 @@ pub(crate) struct Netlink {
 }
 
 impl Netlink {
-    /// Opens a netlink socket of `protocol` (`NETLINK_ROUTE`, `NETLINK_NETFILTER`).
+    /// Opens a netlink socket of `protocol` (`NETLINK_ROUTE`, `NETLINK_NETFILTER`). Answers are
+    /// awaited for at most [`ANSWER_TIMEOUT`].
     pub(crate) fn open(protocol: libc::c_int) -> io::Result<Netlink> {
         // SAFETY: plain socket(2) call; the result is checked.
         let fd = unsafe {
@@ -43,10 +61,25 @@ impl Netlink {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by `socket` and is owned by nobody else.
-        Ok(Netlink {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            seq: 1,
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let timeout = libc::timeval {
+            tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt with a valid `timeval` of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Netlink { fd, seq: 1 })
     }
 
     /// A fresh sequence number.
@@ -60,14 +93,27 @@ impl Netlink {
         let seq = self.next_seq();
         let mut msg = Vec::new();
         push_message(&mut msg, kind, flags | NLM_F_REQUEST | NLM_F_ACK, seq, body);
-        self.transact(&msg, &[seq])
+        Ok(self.transact(&msg, &[seq])?)
     }
 
-    /// Sends `msgs` (one or more complete messages) in one datagram and waits
-    /// until every sequence number in `acks` is acknowledged. The first error
-    /// answer fails the whole exchange (a netfilter batch is atomic: after an
-    /// error nothing of it is applied).
-    pub(crate) fn transact(&mut self, msgs: &[u8], acks: &[u32]) -> io::Result<()> {
+    /// Sends `msgs` (one or more complete messages) in one datagram and waits until every
+    /// sequence number in `acks` is acknowledged. An error answer to any message of `msgs` fails
+    /// the whole exchange: a netfilter batch is atomic (after an error nothing of it is applied),
+    /// and a batch refused as a whole (no capability, no nf_tables) is answered on its first
+    /// message, which asks for no acknowledgement. [`TransactError::at`] is the index in `msgs`
+    /// of the message an error answered. No answer within [`ANSWER_TIMEOUT`] is an error too.
+    pub(crate) fn transact(&mut self, msgs: &[u8], acks: &[u32]) -> Result<(), TransactError> {
+        let fail = |at: Option<usize>, error: io::Error| TransactError { at, error };
+        // Every sequence number sent, in order, to name the message an error answers.
+        let mut sent = Vec::new();
+        let mut rest = msgs;
+        while rest.len() >= NLMSG_HDRLEN {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
+            sent.push(u32::from_ne_bytes(
+                rest[8..12].try_into().unwrap_or_default(),
+            ));
+            rest = &rest[((len + 3) & !3).clamp(NLMSG_HDRLEN, rest.len())..];
+        }
         // SAFETY: `sockaddr_nl` is plain old data; all-zero is valid.
         let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -84,20 +130,38 @@ impl Netlink {
             )
         };
         if n < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(fail(None, io::Error::last_os_error()));
         }
         let mut pending: Vec<u32> = acks.to_vec();
         let mut buf = vec![0u8; 8192];
         while !pending.is_empty() {
-            // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes; with MSG_TRUNC the
+            // kernel writes at most that and returns the datagram's real length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        let msg = format!(
+                            "the kernel did not answer the netlink request within {} s",
+                            ANSWER_TIMEOUT.as_secs()
+                        );
+                        return Err(fail(None, io::Error::new(io::ErrorKind::TimedOut, msg)));
+                    }
+                    _ => return Err(fail(None, e)),
                 }
-                return Err(e);
+            }
+            if n as usize > buf.len() {
+                let e = io::Error::new(io::ErrorKind::InvalidData, "truncated netlink answer");
+                return Err(fail(None, e));
             }
             let mut rest = &buf[..n as usize];
             while rest.len() >= NLMSG_HDRLEN {
@@ -105,19 +169,18 @@ impl Netlink {
                 let mtype = u16::from_ne_bytes(rest[4..6].try_into().unwrap_or_default());
                 let mseq = u32::from_ne_bytes(rest[8..12].try_into().unwrap_or_default());
                 if mlen < NLMSG_HDRLEN || mlen > rest.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed netlink answer",
-                    ));
+                    let e = io::Error::new(io::ErrorKind::InvalidData, "malformed netlink answer");
+                    return Err(fail(None, e));
                 }
-                if mtype == NLMSG_ERROR && mlen >= NLMSG_HDRLEN + 4 && pending.contains(&mseq) {
+                if mtype == NLMSG_ERROR && mlen >= NLMSG_HDRLEN + 4 {
                     let code = i32::from_ne_bytes(
                         rest[NLMSG_HDRLEN..NLMSG_HDRLEN + 4]
                             .try_into()
                             .unwrap_or_default(),
                     );
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
+                    let at = sent.iter().position(|s| *s == mseq);
+                    if code != 0 && at.is_some() {
+                        return Err(fail(at, io::Error::from_raw_os_error(-code)));
                     }
                     pending.retain(|s| *s != mseq);
                 }

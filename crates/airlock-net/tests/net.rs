@@ -222,6 +222,17 @@ async fn world(
     records: &[(&str, &[&str])],
     map: &[(&str, SocketAddr)],
 ) -> World {
+    world_with(tag, policy, records, map, |_| {}).await
+}
+
+/// [`world`] with the gate's settings changed by `tweak`.
+async fn world_with(
+    tag: &str,
+    policy: Policy,
+    records: &[(&str, &[&str])],
+    map: &[(&str, SocketAddr)],
+    tweak: impl FnOnce(&mut GateConfig),
+) -> World {
     let fake_dns = fake_dns(records).await;
     let mut connector = MapConnector::default();
     for (from, to) in map {
@@ -236,6 +247,7 @@ async fn world(
     cfg.sniff_timeout = Duration::from_millis(100);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.handshake_timeout = Duration::from_millis(500);
+    tweak(&mut cfg);
     let gate = Gate::with_connector(
         cfg,
         handle.clone(),
@@ -842,6 +854,45 @@ async fn port_rules_apply_at_the_gate() {
     let (head, rest) = w.connect_then("allowed.test:8443", b"x").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(rest, b"pong");
+}
+
+/// Connections beyond the gate's limit are closed at once and logged; the limit frees up when
+/// connections end.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_and_logged() {
+    let w = world_with("limit", allow(&["allowed.test"]), &[], &[], |c| {
+        c.max_connections = 2;
+        c.handshake_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // Two clients that say nothing hold both places (the handshake timeout is long).
+    let a = TcpStream::connect(w.proxy).await.unwrap();
+    let b = TcpStream::connect(w.proxy).await.unwrap();
+    let mut c = TcpStream::connect(w.proxy).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .expect("the third connection is closed, not left waiting");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    w.find(
+        DecisionPath::ProxyConnect,
+        VerdictKind::Deny,
+        "too many connections",
+    );
+    // Once the first two end, a new request is served again (a 403 for a name not allowed).
+    drop((a, b));
+    let mut served = false;
+    for _ in 0..100 {
+        if w.proxy_request("GET http://denied.test/ HTTP/1.1\r\nHost: denied.test\r\n\r\n")
+            .await
+            .contains(" 403 ")
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "the gate serves again once connections end");
 }
 
 #[tokio::test]

@@ -176,44 +176,39 @@ const HAS_CAPTURE_V6: u8 = 4;
 /// with `CAP_NET_ADMIN` there): IPv4, then IPv6 unless the kernel has none. With a TUN device the
 /// rules take what is routed to it; without one, every destination is routed to loopback and the
 /// rules take what is not for loopback. An error says why TCP is not captured in the kernel.
+///
+/// No failure may leave a rule redirecting to an endpoint nobody serves: each step that can fail
+/// comes before the rules of its IP version are installed (one atomic batch), and once the IPv4
+/// endpoint is in place a failure for IPv6 only leaves IPv6 to `tun0` (or without one, with no
+/// route).
 fn kernel_capture(tun: Option<&str>) -> std::result::Result<Vec<OwnedFd>, String> {
     let scope = match tun {
         Some(t) => airlock_net::RedirectScope::Interface(t),
         None => airlock_net::RedirectScope::NotLoopback,
     };
-    let mut endpoints = Vec::new();
-    let targets = [
-        SocketAddr::from(airlock_net::CAPTURE_ADDR),
-        SocketAddr::from(airlock_net::CAPTURE_ADDR_V6),
-    ];
-    for to in targets {
-        let listener = match TcpListener::bind(to) {
-            Ok(l) => l,
-            // No IPv6 in this kernel (or none on lo): then the sandbox has no IPv6 at all.
-            Err(e)
-                if to.is_ipv6()
-                    && matches!(
-                        e.raw_os_error(),
-                        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-                    ) =>
-            {
-                break;
-            }
-            Err(e) => return Err(format!("binding the capture endpoint {to}: {e}")),
-        };
-        airlock_net::install_redirect(scope, to).map_err(|e| e.to_string())?;
+    let install = |to: SocketAddr| -> std::result::Result<OwnedFd, String> {
+        let listener =
+            TcpListener::bind(to).map_err(|e| format!("binding the capture endpoint {to}: {e}"))?;
         if tun.is_none() {
             airlock_net::route_to_loopback(to.is_ipv6()).map_err(|e| e.to_string())?;
         }
-        endpoints.push(OwnedFd::from(listener));
+        airlock_net::install_redirect(scope, to).map_err(|e| e.to_string())?;
+        Ok(OwnedFd::from(listener))
+    };
+    // Every TCP connection is tracked from here on: forget closed ones quickly.
+    airlock_net::shorten_tcp_tracking().map_err(|e| e.to_string())?;
+    let v4 = install(airlock_net::CAPTURE_ADDR.into())?;
+    match install(airlock_net::CAPTURE_ADDR_V6.into()) {
+        Ok(v6) => Ok(vec![v4, v6]),
+        Err(_) => Ok(vec![v4]),
     }
-    Ok(endpoints)
 }
 
 impl InsideSockets {
     /// Called by the sandbox's init in its new network namespace, before it drops privileges.
-    /// Without `capture` there is no TUN device: only the proxy endpoint and the resolver lead
-    /// out, and any other connection fails at once with "network unreachable".
+    /// With `capture`, TCP is captured in the kernel ([`kernel_capture`]) and the rest through
+    /// `tun0` where /dev/net/tun is usable. Without it only the proxy endpoint and the resolver
+    /// lead out, and any other connection fails at once with "network unreachable".
     pub fn create(capture: bool) -> Result<InsideSockets> {
         let bind = |what: &str, r: std::io::Result<OwnedFd>| {
             r.map_err(|e| NsError::sys(format!("binding the sandbox's {what}"), e))
