@@ -46,8 +46,7 @@ use crate::dns::{DnsServer, is_transient_accept_error};
 use crate::gate::Gate;
 use crate::log::DecisionPath;
 use crate::netlink::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, Netlink, push_attr, push_message,
-    push_nested,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, Netlink, push_attr, push_message, push_nested,
 };
 use crate::policy::{Reason, Verdict};
 
@@ -199,10 +198,6 @@ pub fn install_redirect(scope: RedirectScope<'_>, to: SocketAddr) -> Result<(), 
 /// take them; anything it does not take (UDP, ICMP) ends on the namespace's own loopback, and
 /// nothing leaves it.
 pub fn route_to_loopback(v6: bool) -> Result<(), CaptureError> {
-    const RTM_NEWROUTE: u16 = 24;
-    const RTA_OIF: u16 = 4;
-    const RT_TABLE_MAIN: u8 = 254;
-    const RTPROT_STATIC: u8 = 4;
     const RT_SCOPE_HOST: u8 = 254;
     const RTN_LOCAL: u8 = 2;
     // SAFETY: a valid NUL-terminated name.
@@ -212,26 +207,11 @@ pub fn route_to_loopback(v6: bool) -> Result<(), CaptureError> {
             io::Error::last_os_error(),
         ));
     }
-    // struct rtmsg { u8 family, dst_len, src_len, tos, table, protocol, scope, type; u32 flags }
     let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-    let mut body = vec![
-        family as u8,
-        0,
-        0,
-        0,
-        RT_TABLE_MAIN,
-        RTPROT_STATIC,
-        RT_SCOPE_HOST,
-        RTN_LOCAL,
-    ];
-    body.extend_from_slice(&0u32.to_ne_bytes());
-    push_attr(&mut body, RTA_OIF, &lo.to_ne_bytes());
     let mut nl = Netlink::open(libc::NETLINK_ROUTE).map_err(io_err("open a netlink socket"))?;
-    nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &body)
-        .map_err(io_err(format!(
-            "route IPv{} to loopback",
-            if v6 { 6 } else { 4 }
-        )))
+    crate::netlink::add_default_route(&mut nl, family, RT_SCOPE_HOST, RTN_LOCAL, lo).map_err(
+        io_err(format!("route IPv{} to loopback", if v6 { 6 } else { 4 })),
+    )
 }
 
 /// Connection tracking's timeouts for TCP states after the end of a connection (and before its

@@ -22,6 +22,35 @@ pub(crate) const NLM_F_CREATE: u16 = 0x400;
 /// `struct nlattr` flag marking an attribute that holds attributes.
 pub(crate) const NLA_F_NESTED: u16 = 0x8000;
 
+/// Adds a route for every destination of one family (`dst_len` 0) through interface `oif`, in
+/// the main table: `RTM_NEWROUTE` with a `struct rtmsg` (u8 family, dst_len, src_len, tos,
+/// table, protocol, scope, type; u32 flags) and `RTA_OIF`.
+pub(crate) fn add_default_route(
+    nl: &mut Netlink,
+    family: libc::c_int,
+    scope: u8,
+    kind: u8,
+    oif: u32,
+) -> io::Result<()> {
+    const RTM_NEWROUTE: u16 = 24;
+    const RTA_OIF: u16 = 4;
+    const RT_TABLE_MAIN: u8 = 254;
+    const RTPROT_STATIC: u8 = 4;
+    let mut body = vec![
+        family as u8,
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        scope,
+        kind,
+    ];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    push_attr(&mut body, RTA_OIF, &oif.to_ne_bytes());
+    nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &body)
+}
+
 /// How long [`Netlink::transact`] waits for the kernel's answers.
 pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

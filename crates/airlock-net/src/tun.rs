@@ -42,7 +42,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::netlink::{NLM_F_CREATE, NLM_F_EXCL, Netlink, push_attr};
+use crate::netlink::{self, NLM_F_CREATE, NLM_F_EXCL, Netlink, push_attr};
 
 /// Errors of the TUN setup.
 #[derive(Debug, thiserror::Error)]
@@ -303,15 +303,11 @@ fn set_up(ctl: &OwnedFd, name: &str) -> Result<(), TunError> {
 
 // Kernel uapi values (linux/rtnetlink.h, linux/if_addr.h).
 const RTM_NEWADDR: u16 = 20;
-const RTM_NEWROUTE: u16 = 24;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_FLAGS: u16 = 8;
 const IFA_F_NODAD: u32 = 0x02;
 const IFA_F_PERMANENT: u8 = 0x80;
-const RTA_OIF: u16 = 4;
-const RT_TABLE_MAIN: u8 = 254;
-const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
@@ -335,27 +331,12 @@ fn add_addr(nl: &mut Netlink, index: u32, addr: IpAddr, prefix: u8) -> io::Resul
 
 /// Routes every destination of one family through interface `index`.
 fn add_default_route(nl: &mut Netlink, index: u32, v6: bool) -> io::Result<()> {
-    let (family, scope) = if v6 {
-        (libc::AF_INET6, RT_SCOPE_UNIVERSE)
+    if v6 {
+        netlink::add_default_route(nl, libc::AF_INET6, RT_SCOPE_UNIVERSE, RTN_UNICAST, index)
     } else {
         // A device route without a gateway: on-link.
-        (libc::AF_INET, RT_SCOPE_LINK)
-    };
-    // struct rtmsg { u8 family, dst_len, src_len, tos, table, protocol,
-    // scope, type; u32 flags }
-    let mut body = vec![
-        family as u8,
-        0,
-        0,
-        0,
-        RT_TABLE_MAIN,
-        RTPROT_STATIC,
-        scope,
-        RTN_UNICAST,
-    ];
-    body.extend_from_slice(&0u32.to_ne_bytes());
-    push_attr(&mut body, RTA_OIF, &index.to_ne_bytes());
-    nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &body)
+        netlink::add_default_route(nl, libc::AF_INET, RT_SCOPE_LINK, RTN_UNICAST, index)
+    }
 }
 
 #[cfg(test)]

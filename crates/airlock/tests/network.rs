@@ -290,6 +290,26 @@ fn assert_allowed_one_denied_the_rest(o: &str) {
     assert!(line(o, "dns_allowed").starts_with("OK 203.0.113.10"), "{o}");
 }
 
+/// `airlock run ARGS` with the policy that [`assert_allowed_one_denied_the_rest`] expects,
+/// running [`CLIENT`].
+fn gate_run<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run"];
+    v.extend_from_slice(args);
+    v.extend_from_slice(&[
+        "--allow",
+        "allowed.test",
+        "--allow",
+        "rebind.test",
+        "--deny",
+        "denied.test",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        CLIENT,
+    ]);
+    v
+}
+
 #[test]
 fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
     let net = FakeInternet::new();
@@ -297,24 +317,7 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
         let env = Env::new(&who);
         let name = unique("gate");
         // Preset none plus two allowed names.
-        let out = net.airlock(
-            &env,
-            &[
-                "run",
-                "--name",
-                &name,
-                "--allow",
-                "allowed.test",
-                "--allow",
-                "rebind.test",
-                "--deny",
-                "denied.test",
-                "--",
-                "/usr/bin/python3",
-                "-c",
-                CLIENT,
-            ],
-        );
+        let out = net.airlock(&env, &gate_run(&["--name", &name]));
         assert!(out.status.success(), "{}", stderr(&out));
         let o = stdout(&out);
         assert_allowed_one_denied_the_rest(&o);
@@ -330,23 +333,7 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
         // Without a TUN device (a container without /dev/net/tun): TCP is still captured in the
         // kernel, and UDP goes nowhere (delivered to the sandbox's own loopback, where nothing
         // listens).
-        let out = net.airlock_without_tun(
-            &env,
-            &[
-                "run",
-                "--rm",
-                "--allow",
-                "allowed.test",
-                "--allow",
-                "rebind.test",
-                "--deny",
-                "denied.test",
-                "--",
-                "/usr/bin/python3",
-                "-c",
-                CLIENT,
-            ],
-        );
+        let out = net.airlock_without_tun(&env, &gate_run(&["--rm"]));
         assert!(out.status.success(), "{}", stderr(&out));
         let o3 = stdout(&out);
         assert_allowed_one_denied_the_rest(&o3);
@@ -419,26 +406,7 @@ fn a_vm_guest_meets_the_same_policy_gate() {
             vm_support::guest_agent(BIN).display().to_string(),
         ));
         let name = unique("vmgate");
-        let out = net.airlock(
-            &env,
-            &[
-                "run",
-                "--isolation",
-                "vm",
-                "--name",
-                &name,
-                "--allow",
-                "allowed.test",
-                "--allow",
-                "rebind.test",
-                "--deny",
-                "denied.test",
-                "--",
-                "/usr/bin/python3",
-                "-c",
-                CLIENT,
-            ],
-        );
+        let out = net.airlock(&env, &gate_run(&["--isolation", "vm", "--name", &name]));
         assert!(out.status.success(), "{}", stderr(&out));
         assert_allowed_one_denied_the_rest(&stdout(&out));
         let log = stdout(&env.airlock(&["policy", "log", &name, "--json"]));
