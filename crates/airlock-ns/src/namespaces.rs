@@ -66,8 +66,14 @@ pub fn clone_process(flags: libc::c_int) -> Result<i32> {
 ///
 /// `child` must not return (it would be ended with status 127), and until its `execve` it must only make system calls that change
 /// per-process state (credentials, signal dispositions, fds, limits, seccomp): our memory is
-/// its memory. Only call from a single-threaded process.
+/// its memory, so it must not drop (free) anything of ours either. Only call from a
+/// single-threaded process.
 pub fn spawn_vfork(child: &mut dyn FnMut()) -> Result<i32> {
+    spawn_vfork_with(0, child)
+}
+
+/// [`spawn_vfork`] with more `clone(2)` flags (`CLONE_PARENT`: the child is our parent's child).
+pub fn spawn_vfork_with(flags: libc::c_int, child: &mut dyn FnMut()) -> Result<i32> {
     const STACK: usize = 256 * 1024;
     extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the `&mut &mut dyn FnMut` below, alive while we run: the parent is
@@ -107,7 +113,7 @@ pub fn spawn_vfork(child: &mut dyn FnMut()) -> Result<i32> {
         libc::clone(
             entry,
             (stack as *mut u8).add(STACK).cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            flags | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&mut f as *mut &mut dyn FnMut()).cast(),
         )
     };

@@ -930,11 +930,14 @@ pub fn exec(
     let (parent_sock, child_sock) = seqpacket_pair()?;
     let mut sigfd = signal_fd()?;
 
-    let intermediate = namespaces::clone_process(0)?;
-    if intermediate == 0 {
-        drop(parent_sock);
+    // The intermediate joins the sandbox's cgroup and namespaces and starts the command there as
+    // our child (CLONE_PARENT), then exits. Both share our memory until they exit or exec
+    // (`spawn_vfork`: no copy of this large process's page tables, twice), so they drop nothing
+    // of ours and end with `_exit`.
+    let intermediate = namespaces::spawn_vfork(&mut || {
         // Not dumpable until the command's execve: processes already in the sandbox cannot
-        // ptrace this child while it still holds host descriptors.
+        // ptrace this child (nor, through the memory it shares, us) while it still holds host
+        // descriptors. Dumpability belongs to the memory: it is ours too from here on.
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         let report_and_exit = |msg: String, code: i32| -> ! {
@@ -950,12 +953,14 @@ pub fn exec(
         if let Err(e) = nsfds.join() {
             fail(e.to_string());
         }
-        match namespaces::clone_process(libc::CLONE_PARENT) {
-            Ok(0) => cmd.exec(Confinement::Install(&seccomp), Some(child_sock.as_raw_fd())),
+        let spawned = namespaces::spawn_vfork_with(libc::CLONE_PARENT, &mut || {
+            cmd.exec(Confinement::Install(&seccomp), Some(child_sock.as_raw_fd()))
+        });
+        match spawned {
             Ok(pid) => report_and_exit(format!("p{pid}"), 0),
             Err(e) => fail(format!("starting the command: {e}")),
         }
-    }
+    })?;
     drop(child_sock);
     drop(nsfds);
     drop(cgroup_procs);
