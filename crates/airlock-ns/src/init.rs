@@ -102,7 +102,13 @@ pub fn run(
     // The network needs neither our id maps nor the filesystem: it is built on a thread of its
     // own while the supervisor writes the maps and this thread builds the filesystem (the
     // supervisor reads the sockets, or an error, after it sent the "go").
-    let net = match set_hostname(hostname).and_then(|()| NetSetup::spawn(plan, sock)) {
+    // Into the sandbox's cgroup before anything else runs here (see `cgroups::join_self`; the
+    // descriptors were opened by the supervisor before the clone, so this needs no id map),
+    // while still single-threaded: the whole process moves, and the network thread is born in it.
+    let net = match crate::cgroups::join_self(cgroup_procs)
+        .and_then(|()| set_hostname(hostname))
+        .and_then(|()| NetSetup::spawn(plan, sock))
+    {
         Ok(n) => n,
         Err(msg) => {
             let mut m = vec![MSG_ERROR];
@@ -122,10 +128,7 @@ pub fn run(
         }
         _ => exit(1),
     };
-    // Into the sandbox's cgroup before anything else runs here (see `cgroups::join_self`).
-    if let Err(msg) =
-        crate::cgroups::join_self(cgroup_procs).and_then(|()| setup(plan, sock, staged, net))
-    {
+    if let Err(msg) = setup(plan, sock, staged, net) {
         let mut m = vec![MSG_ERROR];
         m.extend_from_slice(msg.as_bytes());
         send(sock, &m);
