@@ -99,12 +99,12 @@ pub fn run(
             0,
         );
     }
-    // The network needs neither our id maps nor the filesystem: it is built on a thread of its
-    // own while the supervisor writes the maps and this thread builds the filesystem (the
-    // supervisor reads the sockets, or an error, after it sent the "go").
     // Into the sandbox's cgroup before anything else runs here (see `cgroups::join_self`; the
-    // descriptors were opened by the supervisor before the clone, so this needs no id map),
-    // while still single-threaded: the whole process moves, and the network thread is born in it.
+    // descriptors were opened by the supervisor before the clone, so this needs no id map), while
+    // still single-threaded: the whole process moves, and the network thread is born in it.
+    // The network needs neither our id maps nor the filesystem: it is built on that thread while
+    // the supervisor writes the maps and this thread builds the filesystem (the supervisor reads
+    // the sockets, or an error, after it sent the "go").
     let net = match crate::cgroups::join_self(cgroup_procs)
         .and_then(|()| set_hostname(hostname))
         .and_then(|()| NetSetup::spawn(plan, sock))
