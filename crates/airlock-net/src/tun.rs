@@ -218,6 +218,24 @@ fn open_tun(name: &str) -> Result<OwnedFd, TunError> {
             "the kernel named the device {got:?}, not {name}"
         )));
     }
+    // Persistent: closing the descriptor then leaves the device to the namespace, whose teardown
+    // deletes it with everything else in a kernel worker, instead of unregistering it in the
+    // closing process (a synchronous wait for RCU grace periods: 13-29 ms measured, on the path
+    // of every network sandbox's exit). The device exists only in the sandbox's namespace, so
+    // it cannot outlive it.
+    // SAFETY: TUNSETPERSIST takes an integer argument; `tun` is the open device.
+    let r = unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETPERSIST as _,
+            1 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(io_err(format!("make TUN device {name} persistent"))(
+            io::Error::last_os_error(),
+        ));
+    }
     Ok(tun)
 }
 

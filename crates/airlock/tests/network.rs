@@ -312,6 +312,7 @@ fn gate_run<'a>(args: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
+    let host_tuns = tun_devices(None);
     let net = FakeInternet::new();
     for who in everyone() {
         let env = Env::new(&who);
@@ -392,6 +393,29 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
         );
         assert!(env.airlock(&["rm", &name]).status.success());
     }
+    // tun0 is persistent (so that closing it costs the exiting supervisor nothing): it goes with
+    // the sandbox's network namespace and is never handed to the one Airlock ran in, nor to the
+    // host's.
+    assert_eq!(tun_devices(Some(&net.ns)), 0);
+    assert_eq!(
+        tun_devices(None),
+        host_tuns,
+        "a sandbox's tun0 reached the host"
+    );
+}
+
+/// How many devices named tun0 the network namespace `ns` (the test's own when `None`) has.
+fn tun_devices(ns: Option<&str>) -> usize {
+    let mut c = Command::new("ip");
+    if let Some(ns) = ns {
+        c.args(["netns", "exec", ns, "ip"]);
+    }
+    let out = c.args(["-o", "link", "show"]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(": tun0"))
+        .count()
 }
 
 /// The microVM tier's guest goes out through the same gate: the same script gets the same
