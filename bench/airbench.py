@@ -293,6 +293,10 @@ def case_cold(e: Env) -> dict:
         os.makedirs(tws)
         alts["airlock run --rm, state on tmpfs"] = lambda: spawn_wait_ns(
             [e.airlock, "run", "--rm", "--", "true"], tws, tenv)
+    # the same with a network: an allowed name makes the sandbox get its capture (tun0, the
+    # nf_tables redirect) and the gate; `true` connects nowhere, so no packet is sent
+    alts["airlock run --rm --allow example.test (network on)"] = lambda: spawn_wait_ns(
+        [e.airlock, "run", "--rm", "--allow", "example.test", "--", "true"], e.ws, e.env)
     if shutil.which("bwrap"):
         bw = bwrap_argv(e.ws)
         alts["bwrap"] = lambda: spawn_wait_ns(bw, e.ws)
