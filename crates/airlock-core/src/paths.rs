@@ -60,11 +60,27 @@ impl Paths {
     pub fn sandboxes(&self) -> PathBuf {
         self.data.join("sandboxes")
     }
-    pub fn sandbox_dir(&self, name: &str) -> PathBuf {
-        self.sandboxes().join(name)
+    /// Where sandboxes deleted when their command exits (`run --rm`, namespace tier, not in
+    /// clone mode) keep their files: the runtime root, a tmpfs (`/run`, `$XDG_RUNTIME_DIR`) on
+    /// every common distribution. Nothing of them touches the disk, and a reboot forgets them.
+    pub fn ephemeral_sandboxes(&self) -> PathBuf {
+        self.runtime.join("ephemeral")
     }
+    /// The directory of sandbox `name`: in [`Paths::ephemeral_sandboxes`] if it is there, else in
+    /// [`Paths::sandboxes`].
+    pub fn sandbox_dir(&self, name: &str) -> PathBuf {
+        let ephemeral = self.ephemeral_sandboxes().join(name);
+        if ephemeral.symlink_metadata().is_ok() {
+            ephemeral
+        } else {
+            self.sandboxes().join(name)
+        }
+    }
+    /// The lock of sandbox `name`'s lifecycle, in the runtime root: locks need not survive a
+    /// reboot, and one place for every sandbox keeps the name's lock findable wherever its files
+    /// are.
     pub fn sandbox_lock(&self, name: &str) -> PathBuf {
-        self.sandboxes().join(format!(".{name}.lock"))
+        self.runtime.join("sandboxes").join(format!(".{name}.lock"))
     }
     pub fn sandbox_runtime(&self, name: &str) -> PathBuf {
         self.runtime.join("sandboxes").join(name)

@@ -80,6 +80,15 @@ impl Store {
         self.paths.sandbox_dir(name).join(SPEC_FILE).is_file()
     }
 
+    /// Whether `spec`'s files go to [`Paths::ephemeral_sandboxes`]: deleted when its command
+    /// exits, and nothing of it needs the disk's room (a VM disk or a clone of the workspace
+    /// would take memory there).
+    pub fn keeps_in_memory(spec: &SandboxSpec) -> bool {
+        spec.ephemeral
+            && spec.isolation == crate::spec::Isolation::Namespace
+            && spec.mode != crate::spec::WorkspaceMode::Clone
+    }
+
     /// Create a sandbox: `prepare` fills a staging directory (layers), which then appears atomically
     /// under the sandbox's name. On any error nothing is left behind.
     pub fn create<E: From<CoreError>>(
@@ -89,13 +98,22 @@ impl Store {
     ) -> Result<PathBuf, E> {
         validate_name(&spec.name)?;
         self.ensure_roots()?;
-        let final_dir = self.paths.sandbox_dir(&spec.name);
-        if final_dir.exists() {
+        // Either place taken is a conflict.
+        let in_memory = self.paths.ephemeral_sandboxes().join(&spec.name);
+        let on_disk = self.paths.sandboxes().join(&spec.name);
+        if in_memory.symlink_metadata().is_ok() || on_disk.symlink_metadata().is_ok() {
             return Err(CoreError::AlreadyExists(spec.name.clone()).into());
         }
+        let base = if Self::keeps_in_memory(spec) {
+            mkdir_private(&self.paths.ephemeral_sandboxes())?;
+            self.paths.ephemeral_sandboxes()
+        } else {
+            self.paths.sandboxes()
+        };
+        let final_dir = base.join(&spec.name);
         let mut rnd = [0u8; 4];
         random_bytes(&mut rnd);
-        let staging = self.paths.sandboxes().join(format!(
+        let staging = base.join(format!(
             ".tmp-{}-{:02x}{:02x}{:02x}{:02x}",
             spec.name, rnd[0], rnd[1], rnd[2], rnd[3]
         ));
@@ -135,40 +153,51 @@ impl Store {
 
     /// All sandboxes, sorted by name. Unreadable entries are skipped (and reported by `gc`).
     pub fn list(&self) -> Result<Vec<SandboxSpec>, CoreError> {
-        let dir = self.paths.sandboxes();
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(CoreError::io(&dir, e)),
-        };
         let mut out = Vec::new();
-        for entry in rd.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            if let Ok(spec) = self.load(&name) {
-                out.push(spec);
+        for dir in [self.paths.sandboxes(), self.paths.ephemeral_sandboxes()] {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(CoreError::io(&dir, e)),
+            };
+            for entry in rd.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                if let Ok(spec) = self.load(&name) {
+                    out.push(spec);
+                }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
         Ok(out)
     }
 
-    /// Leftovers of interrupted creations (`.tmp-*` staging directories) and orphan lock files.
+    /// Leftovers of interrupted creations (`.tmp-*` staging directories) and orphan lock files
+    /// (where locks are now, and where earlier versions kept them).
     pub fn stale_entries(&self) -> Vec<PathBuf> {
-        let Ok(rd) = fs::read_dir(self.paths.sandboxes()) else {
-            return Vec::new();
-        };
         let mut out = Vec::new();
-        for entry in rd.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") {
-                out.push(entry.path());
-            } else if let Some(sb) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock"))
-                && !self.paths.sandbox_dir(sb).exists()
-            {
-                out.push(entry.path());
+        let dirs = [
+            self.paths.sandboxes(),
+            self.paths.ephemeral_sandboxes(),
+            self.paths.runtime.join("sandboxes"),
+        ];
+        for dir in dirs {
+            let Ok(rd) = fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in rd.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") {
+                    out.push(entry.path());
+                } else if let Some(sb) =
+                    name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock"))
+                    && !self.paths.sandbox_dir(sb).exists()
+                {
+                    out.push(entry.path());
+                }
             }
         }
         out
@@ -417,6 +446,47 @@ mod tests {
         s.remove_files("one").unwrap();
         assert!(s.list().unwrap().is_empty());
         assert!(matches!(s.load("one"), Err(CoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn rm_sandboxes_of_the_namespace_tier_live_in_the_runtime_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let mut eph = spec("eph");
+        eph.ephemeral = true;
+        let dir = s
+            .create(&eph, |d| mkdir_private(&d.join("layers")))
+            .unwrap();
+        assert_eq!(dir, s.paths.ephemeral_sandboxes().join("eph"));
+        assert_eq!(s.paths.sandbox_dir("eph"), dir);
+        assert!(!s.paths.sandboxes().join("eph").exists(), "nothing on disk");
+        assert!(s.exists("eph") && s.load("eph").unwrap() == eph);
+        // One name, one sandbox, wherever it lives.
+        let mut same = spec("eph");
+        same.ephemeral = false;
+        assert!(matches!(
+            s.create(&same, |_| Ok::<(), CoreError>(())),
+            Err(CoreError::AlreadyExists(_))
+        ));
+        s.create(&spec("kept"), |_| Ok::<(), CoreError>(()))
+            .unwrap();
+        let names: Vec<String> = s.list().unwrap().into_iter().map(|x| x.name).collect();
+        assert_eq!(names, ["eph", "kept"]);
+        // A VM or a clone of the workspace would take memory there: on disk.
+        for (iso, mode) in [
+            (Isolation::Vm, WorkspaceMode::Cow),
+            (Isolation::Namespace, WorkspaceMode::Clone),
+        ] {
+            let mut x = spec(&format!("x-{}", iso.as_str()));
+            (x.ephemeral, x.isolation, x.mode) = (true, iso, mode);
+            let d = s.create(&x, |_| Ok::<(), CoreError>(())).unwrap();
+            assert!(d.starts_with(s.paths.sandboxes()), "{}", d.display());
+            s.remove_files(&x.name).unwrap();
+        }
+        let _lock = s.lock("eph").unwrap();
+        s.remove_files("eph").unwrap();
+        assert!(!dir.exists() && !s.paths.sandbox_lock("eph").exists());
+        assert!(s.stale_entries().is_empty());
     }
 
     #[test]
