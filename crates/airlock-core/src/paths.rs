@@ -62,7 +62,8 @@ impl Paths {
     }
     /// Where sandboxes deleted when their command exits (`run --rm`, namespace tier, not in
     /// clone mode) keep their files: the runtime root, a tmpfs (`/run`, `$XDG_RUNTIME_DIR`) on
-    /// every common distribution. Nothing of them touches the disk, and a reboot forgets them.
+    /// every common distribution, so their files need not touch the disk and a reboot forgets
+    /// them (without `XDG_RUNTIME_DIR` the runtime root falls back to the data directory).
     pub fn ephemeral_sandboxes(&self) -> PathBuf {
         self.runtime.join("ephemeral")
     }
@@ -76,11 +77,11 @@ impl Paths {
             self.sandboxes().join(name)
         }
     }
-    /// The lock of sandbox `name`'s lifecycle, in the runtime root: locks need not survive a
-    /// reboot, and one place for every sandbox keeps the name's lock findable wherever its files
-    /// are.
+    /// The lock of sandbox `name`'s lifecycle, in the data directory whatever the sandbox: the
+    /// runtime root can differ between sessions of one user (no `XDG_RUNTIME_DIR` under cron),
+    /// the data directory does not.
     pub fn sandbox_lock(&self, name: &str) -> PathBuf {
-        self.runtime.join("sandboxes").join(format!(".{name}.lock"))
+        self.sandboxes().join(format!(".{name}.lock"))
     }
     pub fn sandbox_runtime(&self, name: &str) -> PathBuf {
         self.runtime.join("sandboxes").join(name)

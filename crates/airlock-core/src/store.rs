@@ -175,15 +175,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Leftovers of interrupted creations (`.tmp-*` staging directories) and orphan lock files
-    /// (where locks are now, and where earlier versions kept them).
+    /// Leftovers of interrupted creations (`.tmp-*` staging directories) and orphan lock files.
     pub fn stale_entries(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        let dirs = [
-            self.paths.sandboxes(),
-            self.paths.ephemeral_sandboxes(),
-            self.paths.runtime.join("sandboxes"),
-        ];
+        let dirs = [self.paths.sandboxes(), self.paths.ephemeral_sandboxes()];
         for dir in dirs {
             let Ok(rd) = fs::read_dir(dir) else {
                 continue;

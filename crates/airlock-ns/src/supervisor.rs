@@ -931,9 +931,9 @@ pub fn exec(
     let mut sigfd = signal_fd()?;
 
     // The intermediate joins the sandbox's cgroup and namespaces and starts the command there as
-    // our child (CLONE_PARENT), then exits. Both share our memory until they exit or exec
-    // (`spawn_vfork`: no copy of this large process's page tables, twice), so they drop nothing
-    // of ours and end with `_exit`.
+    // our child (CLONE_PARENT), then exits. It shares our memory until it exits (`spawn_vfork`:
+    // no copy of this large process's page tables), so it drops nothing of ours and ends with
+    // `_exit`; it is never visible inside the sandbox (it stays in the host's pid namespace).
     let intermediate = namespaces::spawn_vfork(&mut || {
         // Not dumpable until the command's execve: processes already in the sandbox cannot
         // ptrace this child (nor, through the memory it shares, us) while it still holds host
@@ -953,10 +953,11 @@ pub fn exec(
         if let Err(e) = nsfds.join() {
             fail(e.to_string());
         }
-        let spawned = namespaces::spawn_vfork_with(libc::CLONE_PARENT, &mut || {
-            cmd.exec(Confinement::Install(&seccomp), Some(child_sock.as_raw_fd()))
-        });
-        match spawned {
+        // The command is a fork, not another vfork: before its execve it is visible inside the
+        // sandbox (it could be stopped there, which would hold us in a vfork wait), and with a
+        // terminal it waits for our "accept" of its PTY, which we could not send from one.
+        match namespaces::clone_process(libc::CLONE_PARENT) {
+            Ok(0) => cmd.exec(Confinement::Install(&seccomp), Some(child_sock.as_raw_fd())),
             Ok(pid) => report_and_exit(format!("p{pid}"), 0),
             Err(e) => fail(format!("starting the command: {e}")),
         }
@@ -969,6 +970,10 @@ pub fn exec(
     let n = recv(parent_sock.as_raw_fd(), &mut buf);
     // SAFETY: reaping the intermediate, our child.
     unsafe { libc::waitpid(intermediate, std::ptr::null_mut(), 0) };
+    // The intermediate made our shared memory non-dumpable; we are back in the host's
+    // namespaces alone with it, as dumpable as before.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     let pid: i32 = match buf.first() {
         Some(b'p') => std::str::from_utf8(&buf[1..n])
             .ok()

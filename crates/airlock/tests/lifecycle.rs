@@ -62,6 +62,25 @@ fn stdin_is_streamed_in_run_and_exec() {
     }
 }
 
+/// With a terminal, `run` and `exec -t` give the command a PTY of its own inside the sandbox and
+/// return its exit code (driven through `script`, which gives airlock a terminal).
+#[test]
+fn a_terminal_gets_a_pty_in_run_and_exec() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        let out = env.with_terminal(&["run", "--rm", "--", "sh", "-c", "tty; exit 4"]);
+        assert_eq!(out.status.code(), Some(4), "[{}] run", who.label());
+        assert!(stdout(&out).contains("/dev/pts/"), "{}", stdout(&out));
+        let name = unique("tty");
+        assert!(env.airlock(&["create", "--name", &name]).status.success());
+        assert!(env.airlock(&["start", &name]).status.success());
+        let out = env.with_terminal(&["exec", "-t", &name, "--", "sh", "-c", "tty; exit 5"]);
+        assert_eq!(out.status.code(), Some(5), "[{}] exec -t", who.label());
+        assert!(stdout(&out).contains("/dev/pts/"), "{}", stdout(&out));
+        assert!(env.airlock(&["rm", "-f", &name]).status.success());
+    }
+}
+
 #[test]
 fn stop_and_start_keep_the_sandbox_state_and_rm_leaves_no_residue() {
     for who in everyone() {

@@ -159,27 +159,7 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
         assert_eq!(stdout(&out).trim(), (6u64 << 20).to_string());
 
         // exec -t: a PTY in the guest (through `script`, which gives airlock a terminal).
-        let c = env.command(&["exec", "-t", &name, "--", "sh", "-c", "tty; exit 5"]);
-        let line = std::iter::once(c.get_program().to_string_lossy().into_owned())
-            .chain(c.get_args().map(|a| format!("'{}'", a.to_string_lossy())))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let mut script = Command::new("script");
-        if let Who::User { uid, gid, .. } = &who {
-            use std::os::unix::process::CommandExt;
-            script.uid(*uid).gid(*gid);
-        }
-        script
-            .args(["-eqc", &line, "/dev/null"])
-            .current_dir(&env.ws)
-            .env_clear()
-            .stdin(std::process::Stdio::null());
-        for (k, v) in c.get_envs() {
-            if let Some(v) = v {
-                script.env(k, v);
-            }
-        }
-        let out = script.output().unwrap();
+        let out = env.with_terminal(&["exec", "-t", &name, "--", "sh", "-c", "tty; exit 5"]);
         assert_eq!(out.status.code(), Some(5), "[{}] exec -t", who.label());
         assert!(stdout(&out).contains("/dev/pts/"), "{}", stdout(&out));
 

@@ -120,6 +120,33 @@ impl Env {
         }
     }
 
+    /// Runs `airlock ARGS` with a terminal: under `script` (util-linux), which gives it a PTY
+    /// as its stdin and stdout, as this user. Output is what the terminal showed. A hang (a
+    /// terminal handover that never completes) ends after 120 s with status 124 (coreutils'
+    /// `timeout`) instead of stalling the suite.
+    pub fn with_terminal(&self, args: &[&str]) -> Output {
+        let c = self.command(args);
+        let line = std::iter::once(c.get_program().to_string_lossy().into_owned())
+            .chain(c.get_args().map(|a| format!("'{}'", a.to_string_lossy())))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("timeout");
+        if let Who::User { uid, gid, .. } = &self.who {
+            script.uid(*uid).gid(*gid);
+        }
+        script
+            .args(["-s", "KILL", "120", "script", "-eqc", &line, "/dev/null"])
+            .current_dir(&self.ws)
+            .env_clear()
+            .stdin(Stdio::null());
+        for (k, v) in c.get_envs() {
+            if let Some(v) = v {
+                script.env(k, v);
+            }
+        }
+        script.output().unwrap()
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
