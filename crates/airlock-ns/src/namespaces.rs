@@ -69,11 +69,6 @@ pub fn clone_process(flags: libc::c_int) -> Result<i32> {
 /// its memory, so it must not drop (free) anything of ours either. Only call from a
 /// single-threaded process.
 pub fn spawn_vfork(child: &mut dyn FnMut()) -> Result<i32> {
-    spawn_vfork_with(0, child)
-}
-
-/// [`spawn_vfork`] with more `clone(2)` flags (`CLONE_PARENT`: the child is our parent's child).
-pub fn spawn_vfork_with(flags: libc::c_int, child: &mut dyn FnMut()) -> Result<i32> {
     const STACK: usize = 256 * 1024;
     extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the `&mut &mut dyn FnMut` below, alive while we run: the parent is
@@ -113,7 +108,7 @@ pub fn spawn_vfork_with(flags: libc::c_int, child: &mut dyn FnMut()) -> Result<i
         libc::clone(
             entry,
             (stack as *mut u8).add(STACK).cast(),
-            flags | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&mut f as *mut &mut dyn FnMut()).cast(),
         )
     };
