@@ -345,16 +345,7 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> Batch {
     // Loads the destination address (masked to the /8 for IPv4) into register 1.
     let load_daddr = |e: &mut Vec<u8>| {
         let len = loopback.len() as u32;
-        expr(e, b"payload\0", |d| {
-            push_attr(d, NFTA_PAYLOAD_DREG, &NFT_REG_1.to_be_bytes());
-            push_attr(
-                d,
-                NFTA_PAYLOAD_BASE,
-                &NFT_PAYLOAD_NETWORK_HEADER.to_be_bytes(),
-            );
-            push_attr(d, NFTA_PAYLOAD_OFFSET, &daddr_offset.to_be_bytes());
-            push_attr(d, NFTA_PAYLOAD_LEN, &len.to_be_bytes());
-        });
+        payload(e, NFT_PAYLOAD_NETWORK_HEADER, daddr_offset, len);
         if family == NFPROTO_IPV4 {
             expr(e, b"bitwise\0", |d| {
                 push_attr(d, NFTA_BITWISE_SREG, &NFT_REG_1.to_be_bytes());
@@ -425,16 +416,7 @@ fn redirect_batch(nl: &mut Netlink, matcher: Match, to: SocketAddr) -> Batch {
         load_daddr(e);
         cmp(e, NFT_CMP_EQ, NFT_REG_1, &loopback);
         for offset in [TCP_SPORT_OFFSET, TCP_DPORT_OFFSET] {
-            expr(e, b"payload\0", |d| {
-                push_attr(d, NFTA_PAYLOAD_DREG, &NFT_REG_1.to_be_bytes());
-                push_attr(
-                    d,
-                    NFTA_PAYLOAD_BASE,
-                    &NFT_PAYLOAD_TRANSPORT_HEADER.to_be_bytes(),
-                );
-                push_attr(d, NFTA_PAYLOAD_OFFSET, &offset.to_be_bytes());
-                push_attr(d, NFTA_PAYLOAD_LEN, &2u32.to_be_bytes());
-            });
+            payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2);
             cmp(e, NFT_CMP_NEQ, NFT_REG_1, &port);
         }
         expr(e, b"notrack\0", |_| {});
@@ -459,6 +441,16 @@ fn expr(buf: &mut Vec<u8>, name: &[u8], data: impl FnOnce(&mut Vec<u8>)) {
     push_nested(buf, NFTA_LIST_ELEM, |el| {
         push_attr(el, NFTA_EXPR_NAME, name);
         push_nested(el, NFTA_EXPR_DATA, data);
+    });
+}
+
+/// Loads `len` bytes at `offset` of a header (`base`) of the packet into register 1.
+fn payload(buf: &mut Vec<u8>, base: u32, offset: u32, len: u32) {
+    expr(buf, b"payload\0", |d| {
+        push_attr(d, NFTA_PAYLOAD_DREG, &NFT_REG_1.to_be_bytes());
+        push_attr(d, NFTA_PAYLOAD_BASE, &base.to_be_bytes());
+        push_attr(d, NFTA_PAYLOAD_OFFSET, &offset.to_be_bytes());
+        push_attr(d, NFTA_PAYLOAD_LEN, &len.to_be_bytes());
     });
 }
 
