@@ -305,8 +305,7 @@ pub fn gc(json: bool) -> Result<i32, Failure> {
     if let Ok(rd) = std::fs::read_dir(store.paths.runtime.join("sandboxes")) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            // `.NAME.lock`: lifecycle locks, left to `stale_entries` above.
-            if !n.starts_with('.') && !known.contains(&n.as_str()) {
+            if !known.contains(&n.as_str()) {
                 let be = backend(airlock_core::spec::Isolation::Namespace)?;
                 let state = store.read_runtime(&n).ok().flatten();
                 removed.extend(be.reap(&store, &n, state.as_ref())?);
