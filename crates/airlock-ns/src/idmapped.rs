@@ -183,30 +183,21 @@ mod tests {
             PathBuf::from("/srv/project"),
         ];
         let dir = Path::new(".stage");
-        assert_eq!(
-            staged_path(&sources, dir, Path::new("/usr")),
-            PathBuf::from(".stage/0")
-        );
-        assert_eq!(
-            staged_path(&sources, dir, Path::new("/usr/lib/x")),
-            PathBuf::from(".stage/0/lib/x")
-        );
-        assert_eq!(
-            staged_path(&sources, dir, Path::new("/srv/project/src")),
-            PathBuf::from(".stage/2/src")
-        );
-        assert_eq!(
-            staged_path(&sources, dir, Path::new("/srv/other")),
-            PathBuf::from(".stage/1/other")
-        );
-        // Not under any source, and a sibling whose name merely starts the same way.
-        assert_eq!(
-            staged_path(&sources, dir, Path::new("/usrlocal")),
-            PathBuf::from("/usrlocal")
-        );
-        assert_eq!(
-            staged_path(&sources, dir, Path::new("/dev/null")),
-            PathBuf::from("/dev/null")
-        );
+        for (path, staged) in [
+            ("/usr", ".stage/0"),
+            ("/usr/lib/x", ".stage/0/lib/x"),
+            // The longest source that holds the path.
+            ("/srv/project/src", ".stage/2/src"),
+            ("/srv/other", ".stage/1/other"),
+            // Not under any source, and a sibling whose name merely starts the same way.
+            ("/usrlocal", "/usrlocal"),
+            ("/dev/null", "/dev/null"),
+        ] {
+            assert_eq!(
+                staged_path(&sources, dir, Path::new(path)),
+                PathBuf::from(staged),
+                "{path}"
+            );
+        }
     }
 }

@@ -214,6 +214,17 @@ mod tests {
         (s, got)
     }
 
+    /// The relay's byte counts are those sent each way, and what arrived is what was sent.
+    fn assert_relayed(
+        counts: io::Result<(u64, u64)>,
+        (up, down): (&[u8], &[u8]),
+        (server_got, client_got): (&[u8], &[u8]),
+    ) {
+        assert_eq!(counts.unwrap(), (up.len() as u64, down.len() as u64));
+        assert!(server_got == up, "upload corrupted");
+        assert!(client_got == down, "download corrupted");
+    }
+
     /// Several MB each way at once through the splice relay between two
     /// real loopback TCP connections: bytes arrive intact, each side's
     /// half-close reaches the other end, the counts are right.
@@ -245,9 +256,7 @@ mod tests {
         };
         let (counts, (_client, client_got), server_got) =
             tokio::join!(relay, client_side, server_side);
-        assert_eq!(counts.unwrap(), (up.len() as u64, down.len() as u64));
-        assert!(server_got == up, "upload corrupted");
-        assert!(client_got == down, "download corrupted");
+        assert_relayed(counts, (&up, &down), (&server_got, &client_got));
     }
 
     /// Both directions at once, with a unix socket on the client side (the
@@ -268,9 +277,7 @@ mod tests {
             talk(client, up.clone(), true),
             talk(server, down.clone(), true),
         );
-        assert_eq!(counts.unwrap(), (up.len() as u64, down.len() as u64));
-        assert!(server_got == up, "upload corrupted");
-        assert!(client_got == down, "download corrupted");
+        assert_relayed(counts, (&up, &down), (&server_got, &client_got));
     }
 
     /// A peer that resets the connection ends the relay with an error, not
