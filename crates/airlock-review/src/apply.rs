@@ -121,7 +121,10 @@ fn conflict(c: &Change, host: Option<Stat>) -> Option<String> {
             {
                 return Some("it changed on the host since the diff".into());
             }
-            if h.ctime_ns > c.taken_at_ns {
+            // Equal is a conflict too: the kernel's timestamps are coarse (a tick, a few ms), so
+            // a host change in the copy-up's tick cannot be told apart from one before it, and
+            // the safe reading is that the host changed.
+            if h.ctime_ns >= c.taken_at_ns {
                 return Some(format!(
                     "the host copy changed (at {}) after the sandbox took its copy (at {})",
                     when(h.ctime_ns),

@@ -32,14 +32,15 @@
 //! upper layer the first time the agent modifies it (or creates the entry there when the agent
 //! creates or deletes something). That copy-up creates the upper entry, so the upper entry's
 //! **birth time** (`statx` `STATX_BTIME`) is the moment the sandbox took its copy. A change is a
-//! conflict, skipped unless `force`, when the host entry's **ctime** is later than that birth
-//! time: any write, chmod, rename-over or replacement on the host after the copy-up moves ctime
+//! conflict, skipped unless `force`, when the host entry's **ctime** is not earlier than that
+//! birth time: any write, chmod, rename-over or replacement on the host after the copy-up moves ctime
 //! (and, unlike mtime, ctime cannot be set back by tools). A host edit *before* the copy-up is
 //! not a conflict: the agent started from the edited version. Additionally, the host entry must
 //! still be what [`scan()`] saw (same inode, type, size, mtime, ctime), which catches changes
 //! between a diff and its apply when the library is used in two steps. Directories have no
 //! content: only their type, inode and mode are compared. Limits: timestamps are the kernel's
-//! (coarse, a few ms): a host change in the same tick as the copy-up is missed; if the agent
+//! (coarse, a few ms), so a host change in the same tick as the copy-up cannot be told from one
+//! just before it: both count as conflicts (the safe side; `--force` overrides); if the agent
 //! replaced the file (write to a new file + rename, as editors do) the birth time is that of its
 //! last replacement, so a host edit between the first copy-up and the replacement is missed
 //! (the agent's replacement may however have been based on the host's edit, which the overlay
