@@ -62,13 +62,17 @@ pub trait Backend {
 
     /// Start the sandbox with `req` as its main process, in the foreground; the sandbox stops
     /// when the command exits. The caller's process supervises it. `on_ready` is called once the
-    /// sandbox runs (the caller releases its lifecycle lock there).
+    /// sandbox runs (the caller releases its lifecycle lock there). A backend may call `on_ended`
+    /// once the command ended and nothing of the sandbox runs or holds its files any more, before
+    /// its own last cleanup: a `--rm` caller deletes the sandbox's files there (while the kernel
+    /// may still be ending the sandbox's namespaces) instead of after `run` returns.
     fn run(
         &self,
         store: &Store,
         spec: &SandboxSpec,
         req: &ExecRequest,
         on_ready: &mut dyn FnMut(),
+        on_ended: &mut dyn FnMut(),
     ) -> Result<Outcome, BackendError>;
 
     /// Run a command in a running sandbox, with the caller's stdio (or a PTY), returning its exit code.

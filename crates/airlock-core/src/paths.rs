@@ -83,6 +83,11 @@ impl Paths {
     pub fn sandbox_lock(&self, name: &str) -> PathBuf {
         self.sandboxes().join(format!(".{name}.lock"))
     }
+    /// The directory every namespace sandbox's init covers with a tmpfs of its own (in its own
+    /// mount namespace) to build its root in; on the host it stays empty.
+    pub fn sandbox_scratch(&self) -> PathBuf {
+        self.runtime.join("scratch")
+    }
     pub fn sandbox_runtime(&self, name: &str) -> PathBuf {
         self.runtime.join("sandboxes").join(name)
     }

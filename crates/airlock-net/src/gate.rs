@@ -1447,6 +1447,14 @@ impl NetService {
         &self.runtime
     }
 
+    /// Asks the service to stop without waiting for it (dropping it or [`NetService::shutdown`]
+    /// waits): the caller can do other work while the thread ends.
+    pub fn request_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     /// Stops the service and waits for its thread. Returns the error that
     /// stopped it early, if any.
     pub fn shutdown(mut self) -> Result<(), GateError> {

@@ -28,6 +28,9 @@ pub const MSG_GO: u8 = b'G';
 pub const MSG_IN_CGROUP: u8 = b'C';
 pub const MSG_READY: u8 = b'R';
 pub const MSG_ERROR: u8 = b'E';
+/// Sent by the init once the sandbox's last other process is gone, with the first command's exit
+/// status in the next byte, just before it exits itself (see `supervisor::supervise`).
+pub const MSG_ENDED: u8 = b'X';
 
 /// Send one message on a setup channel (errors are the receiver's to notice).
 pub(crate) fn send(sock: RawFd, msg: &[u8]) {
@@ -189,9 +192,9 @@ pub fn run(
         exit(1);
     }
     scrub_inherited_memory();
-    // SAFETY: closing our copy of the channel and pointing stdio at /dev/null (inside the sandbox).
+    // SAFETY: pointing stdio at /dev/null (inside the sandbox). The channel stays open for the
+    // end-of-sandbox message (`MSG_ENDED`).
     unsafe {
-        libc::close(sock);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
             for fd in 0..3 {
@@ -202,7 +205,7 @@ pub fn run(
             }
         }
     }
-    reap_loop(main_pid, ports)
+    reap_loop(main_pid, ports, sock)
 }
 
 fn set_hostname(hostname: &str) -> Result<(), String> {
@@ -351,7 +354,13 @@ pub(crate) fn close_all_except(keep: &[RawFd]) {
 /// connections to the sandbox's own loopback services for published ports (`-p`). With a first
 /// command, exit with its status when it ends; without, exit once asked to stop and every
 /// process is gone.
-fn reap_loop(main_pid: Option<i32>, ports: RawFd) -> ! {
+/// End the sandbox: tell the supervisor that nothing else of it runs any more, then exit.
+fn end(sock: RawFd, code: i32) -> ! {
+    send(sock, &[MSG_ENDED, code.clamp(0, 255) as u8]);
+    exit(code)
+}
+
+fn reap_loop(main_pid: Option<i32>, ports: RawFd, sock: RawFd) -> ! {
     // SAFETY: signal-set manipulation on locals; signalfd/poll/read on our own descriptors;
     // waitpid/kill on our own pid namespace.
     unsafe {
@@ -404,7 +413,7 @@ fn reap_loop(main_pid: Option<i32>, ports: RawFd) -> ! {
                     let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
                     if pid <= 0 {
                         if pid < 0 && stopping && main_pid.is_none() {
-                            exit(0);
+                            end(sock, 0);
                         }
                         break;
                     }
@@ -417,7 +426,7 @@ fn reap_loop(main_pid: Option<i32>, ports: RawFd) -> ! {
                         // The first command is done: the sandbox ends with it.
                         libc::kill(-1, libc::SIGKILL);
                         while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
-                        exit(code);
+                        end(sock, code);
                     }
                 }
                 continue;
@@ -430,7 +439,7 @@ fn reap_loop(main_pid: Option<i32>, ports: RawFd) -> ! {
                     stopping = true;
                     if libc::kill(-1, libc::SIGTERM) != 0 {
                         // No process left besides us.
-                        exit(0);
+                        end(sock, 0);
                     }
                 }
             }

@@ -97,8 +97,9 @@ impl Backend for NamespaceBackend {
         spec: &SandboxSpec,
         req: &ExecRequest,
         on_ready: &mut dyn FnMut(),
+        on_ended: &mut dyn FnMut(),
     ) -> Result<Outcome, BackendError> {
-        supervisor::run_foreground(store, spec, req, on_ready).map_err(tier)
+        supervisor::run_foreground(store, spec, req, on_ready, on_ended).map_err(tier)
     }
 
     fn exec(

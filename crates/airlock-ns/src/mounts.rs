@@ -129,8 +129,11 @@ pub struct ExtraBind {
 
 #[derive(Debug, Clone)]
 pub struct MountPlan {
-    /// Empty host directory the new root is built on (in the sandbox's mount namespace only).
-    pub root: PathBuf,
+    /// A host directory the init covers with a tmpfs of its own, in its own mount namespace only,
+    /// to build the new root and the staging area in: nothing is created on the host for them
+    /// (the directory is shared by every sandbox and stays empty there), and both go with the
+    /// host's root at `pivot_root`.
+    pub scratch: PathBuf,
     pub system_cow: bool,
     pub system_dirs: Vec<String>,
     /// Top-level symlinks of the host (`bin -> usr/bin` on merged-/usr systems).
@@ -145,8 +148,9 @@ pub struct MountPlan {
     /// Host paths that hold Airlock's own state, hidden if they fall under a visible tree.
     pub hidden_state: Vec<PathBuf>,
     pub devpts_gid5: bool,
-    /// A host file to show as the sandbox's /etc/resolv.conf.
-    pub resolv_conf: Option<PathBuf>,
+    /// The content of the sandbox's /etc/resolv.conf (written by the init in its scratch tmpfs
+    /// and shown read-only).
+    pub resolv_conf: Option<String>,
     /// The caller's SSH agent socket, shown at [`SSH_AGENT_SOCK`] (`--ssh-agent`).
     pub ssh_agent: Option<PathBuf>,
     /// A host file to show as the sandbox's system trust bundle (credential injection's CA added).
@@ -160,11 +164,6 @@ pub struct MountPlan {
     /// Host paths the supervisor clones as idmapped mounts for a shifted sandbox (see
     /// [`crate::idmapped`]), in the order of the descriptors the init receives.
     pub staged_sources: Vec<PathBuf>,
-    /// An empty host directory beside `root` (in the sandbox's mount namespace only) where a
-    /// tmpfs holds the idmapped clones and a `--rm` sandbox's in-memory layers while the
-    /// filesystem is built. It is outside the new root, so it goes with the host's root at
-    /// `pivot_root` (one detach for everything; each separate unmount costs an RCU grace period).
-    pub stage: PathBuf,
     /// A template's directory (`system/<dir>`, `home`) stacked under the sandbox's layers.
     pub template: Option<PathBuf>,
     /// Owner (uid, gid) of the home directory, for homes created in memory.
@@ -185,7 +184,7 @@ impl MountPlan {
     pub fn for_sandbox(
         spec: &SandboxSpec,
         layers: Layers,
-        root: PathBuf,
+        scratch: PathBuf,
         system_cow: bool,
         state_dirs: &[PathBuf],
     ) -> MountPlan {
@@ -234,7 +233,7 @@ impl MountPlan {
             .cloned()
             .collect();
         MountPlan {
-            root,
+            scratch,
             system_cow,
             system_dirs,
             root_symlinks,
@@ -253,7 +252,6 @@ impl MountPlan {
             volatile_layers: false,
             shifted: false,
             staged_sources: Vec::new(),
-            stage: PathBuf::new(),
             network_capture: true,
             home_owner: (spec.user.uid, spec.user.gid),
             template: None,
@@ -272,9 +270,11 @@ impl MountPlan {
             .map(|d| Path::new("/").join(d))
             .collect();
         v.extend(self.template.iter().cloned());
-        v.push(self.layers.dir.clone());
+        // In-memory layers need nothing of the sandbox's directory, except a clone to show.
+        if !self.volatile_layers || self.mode == WorkspaceMode::Clone {
+            v.push(self.layers.dir.clone());
+        }
         v.push(self.workspace.clone());
-        v.extend(self.resolv_conf.iter().cloned());
         v.extend(self.trust_bundle.iter().cloned());
         v.extend(self.ssh_agent.iter().cloned());
         v.extend(self.extra_binds.iter().map(|b| b.host.clone()));
@@ -300,55 +300,23 @@ impl MountPlan {
             None,
         )?;
         let owner = if self.shifted { ",uid=0,gid=0" } else { "" };
+        // Our own tmpfs over the scratch directory holds the new root and the staging area: no
+        // directory is made on the host for them (and none is left to remove), and everything
+        // in it goes with the host's root at `pivot_root` (one detach for everything; each
+        // separate unmount costs an RCU grace period).
         mount(
             Some("tmpfs"),
-            &self.root,
+            &self.scratch,
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_NODEV,
-            Some(&format!("mode=0755,size=16m{owner}")),
+            Some(&format!("mode=0700,size=1m{owner}")),
         )?;
-        // The staging area, reached through a descriptor: acting as root inside (below), the
-        // host's directories above it are closed to us.
-        let needs_stage = !staged.is_empty() || self.volatile_layers;
-        let stage_fd = if needs_stage {
-            mount(
-                Some("tmpfs"),
-                &self.stage,
-                Some("tmpfs"),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                Some(&format!("mode=0700{owner}")),
-            )?;
-            Some(open_path(&self.stage)?)
-        } else {
-            None
-        };
-        let stage = stage_fd
-            .as_ref()
-            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
-            .unwrap_or_default();
-        // Where host path `p` is read from while the filesystem is built.
-        let src =
-            |p: &Path| crate::idmapped::staged_path(&self.staged_sources, &stage.join("src"), p);
-        // Everything below is relative to the new root: in a shifted sandbox the host's own
-        // directories above it (Airlock's 0700 state) are not reachable once we act as root
-        // inside, which is the point.
-        chdir(&self.root)?;
-        let r = Path::new(".");
-        // Paths through /proc/self/fd cost a procfs walk each: the many look-ups in the staging
-        // area (clones, masks) run with the staging area as working directory instead.
-        let root_fd = open_path(r)?;
-        let in_stage = |work: &mut dyn FnMut() -> Result<()>| -> Result<()> {
-            let Some(fd) = &stage_fd else { return work() };
-            fchdir(fd)?;
-            let res = work();
-            fchdir(&root_fd)?;
-            res
-        };
-        let staged_rel = |p: &Path| {
-            p.strip_prefix(&stage)
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|_| p.to_path_buf())
-        };
+        let scratch_fd = open_path(&self.scratch)?;
+        // From here on only relative paths and descriptors: in a shifted sandbox, once we act as
+        // root inside (below), the host's directories above the scratch tmpfs (Airlock's 0700
+        // state) are closed to us, which is the point.
+        fchdir(&scratch_fd)?;
+        let scratch = PathBuf::from(format!("/proc/self/fd/{}", scratch_fd.as_raw_fd()));
         if self.shifted {
             // What we create from here on belongs to root inside (a filesystem of this user
             // namespace refuses creation by an id it cannot map, like the host's root).
@@ -376,6 +344,52 @@ impl MountPlan {
                 )
             };
         }
+        if let Some(content) = &self.resolv_conf {
+            write_file(Path::new("resolv.conf"), content.as_bytes(), 0o644)?;
+        }
+        let new_root = Path::new("root");
+        mkdir(new_root, 0o755)?;
+        mount(
+            Some("tmpfs"),
+            new_root,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&format!("mode=0755,size=16m{owner}")),
+        )?;
+        // The staging area (idmapped clones, a `--rm` sandbox's in-memory layers), reached
+        // through a descriptor.
+        let needs_stage = !staged.is_empty() || self.volatile_layers;
+        let stage_fd = if needs_stage {
+            mkdir(Path::new("stage"), 0o700)?;
+            Some(open_path(Path::new("stage"))?)
+        } else {
+            None
+        };
+        let stage = stage_fd
+            .as_ref()
+            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+            .unwrap_or_default();
+        // Where host path `p` is read from while the filesystem is built.
+        let src =
+            |p: &Path| crate::idmapped::staged_path(&self.staged_sources, &stage.join("src"), p);
+        // Everything below is relative to the new root.
+        chdir(new_root)?;
+        let r = Path::new(".");
+        // Paths through /proc/self/fd cost a procfs walk each: the many look-ups in the staging
+        // area (clones, masks) run with the staging area as working directory instead.
+        let root_fd = open_path(r)?;
+        let in_stage = |work: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+            let Some(fd) = &stage_fd else { return work() };
+            fchdir(fd)?;
+            let res = work();
+            fchdir(&root_fd)?;
+            res
+        };
+        let staged_rel = |p: &Path| {
+            p.strip_prefix(&stage)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
         if !staged.is_empty() {
             let mut staged = Some(staged);
             in_stage(&mut || {
@@ -587,8 +601,12 @@ impl MountPlan {
             }
         }
 
-        if let Some(file) = &self.resolv_conf {
-            show_file_at(r, Path::new("/etc/resolv.conf"), &src(file))?;
+        if self.resolv_conf.is_some() {
+            show_file_at(
+                r,
+                Path::new("/etc/resolv.conf"),
+                &scratch.join("resolv.conf"),
+            )?;
         }
         if let Some(sock) = &self.ssh_agent {
             let target = under(r, Path::new(SSH_AGENT_SOCK));
@@ -618,7 +636,10 @@ impl MountPlan {
         airlock_core::startup::trace("mounts: system, dev, proc, sys, home, workspace");
         // Masks. A mask over a path the agent cannot see anyway is skipped, and so is one the
         // copy-on-write system directories already applied in their upper layer.
+        // The first mask of each kind is made read-only; the others are binds of it, which keep
+        // its flags (one mount each, and no new tmpfs superblock to set up and tear down).
         let null = dev.join("null");
+        let mut masked_file: Option<PathBuf> = None;
         for f in self
             .masked_files
             .iter()
@@ -626,16 +647,32 @@ impl MountPlan {
         {
             let target = under(r, f);
             if target.exists() {
-                bind(&null, &target, true)?;
+                match &masked_file {
+                    Some(first) => bind(first, &target, false)?,
+                    None => {
+                        bind(&null, &target, true)?;
+                        masked_file = Some(target);
+                    }
+                }
             }
         }
+        let mut masked_dir: Option<PathBuf> = None;
         for d in self
             .masked_dirs
             .iter()
             .chain(&self.hidden_state)
             .filter(|p| !masked_in_upper.contains(*p))
         {
-            mask_dir(&under(r, d))?;
+            let target = under(r, d);
+            if target.is_dir() {
+                match &masked_dir {
+                    Some(first) => bind(first, &target, false)?,
+                    None => {
+                        mask_dir(&target)?;
+                        masked_dir = Some(target);
+                    }
+                }
+            }
         }
         for d in self
             .private_dirs
@@ -678,6 +715,7 @@ impl MountPlan {
         }
         chdir(Path::new("/"))?;
         drop(stage_fd);
+        drop(scratch_fd);
         // The root tmpfs itself (mount points and symlinks) becomes read-only.
         mount(
             None,
@@ -1097,6 +1135,22 @@ fn touch(p: &Path) -> Result<()> {
         .write(true)
         .open(p)
         .map(drop)
+        .map_err(|e| NsError::path(p, e))
+}
+
+/// Create `p` with `content` and exactly `mode` (whatever the umask).
+fn write_file(p: &Path, content: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| NsError::path(p, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| f.write_all(content))
         .map_err(|e| NsError::path(p, e))
 }
 

@@ -567,6 +567,16 @@ impl SandboxNet {
     }
 }
 
+impl SandboxNet {
+    /// Ask the gate and the policy watcher to stop; dropping the network waits for them.
+    pub fn request_stop(&mut self) {
+        self.stop_watch.store(true, Ordering::Relaxed);
+        if let Some(s) = self.service.as_mut() {
+            s.request_stop();
+        }
+    }
+}
+
 impl Drop for SandboxNet {
     fn drop(&mut self) {
         self.stop_watch.store(true, Ordering::Relaxed);

@@ -745,7 +745,10 @@ impl Backend for VmBackend {
         spec: &SandboxSpec,
         req: &ExecRequest,
         on_ready: &mut dyn FnMut(),
+        _on_ended: &mut dyn FnMut(),
     ) -> std::result::Result<Outcome, BackendError> {
+        // `on_ended` is not called: the sandbox's files go after `run` returns, once the VM's
+        // detached supervisor has ended (see `stop_vm`).
         let deadline = spec
             .limits
             .timeout_secs

@@ -420,9 +420,18 @@ pub fn run(a: RunArgs) -> Result<i32, Failure> {
         ..Default::default()
     };
     airlock_core::startup::trace("sandbox created");
-    let result = run_in(&store, be.as_ref(), &spec, &req);
+    let remove = a.rm || spec.ephemeral;
+    // A sandbox whose files hold no layer (they are in the sandbox's memory) is deleted as soon
+    // as it has ended, while the kernel still ends its namespaces; anything else after `run`.
+    let mut removed = false;
+    let early = remove && Store::keeps_in_memory(&spec);
+    let result = run_in(&store, be.as_ref(), &spec, &req, &mut || {
+        if early && let Ok(_lock) = store.lock(&spec.name) {
+            removed = store.remove_files(&spec.name).is_ok();
+        }
+    });
     airlock_core::startup::trace("command done");
-    if a.rm || spec.ephemeral || (created && result.is_err()) {
+    if (remove && !(removed && result.is_ok())) || (created && result.is_err()) {
         let _lock = store.lock(&spec.name)?;
         let removed = remove_sandbox(&store, be.as_ref(), &spec.name);
         airlock_core::startup::trace("sandbox removed");
@@ -452,6 +461,7 @@ fn run_in(
     be: &dyn Backend,
     spec: &SandboxSpec,
     req: &ExecRequest,
+    on_ended: &mut dyn FnMut(),
 ) -> Result<i32, Failure> {
     let lock = store.lock(&spec.name)?;
     if let Some(state) = store.read_runtime(&spec.name)?
@@ -462,9 +472,15 @@ fn run_in(
     }
     reap_stale(store, be, &spec.name)?;
     let mut lock = Some(lock);
-    let outcome = be.run(store, spec, req, &mut || {
-        lock.take();
-    })?;
+    let outcome = be.run(
+        store,
+        spec,
+        req,
+        &mut || {
+            lock.take();
+        },
+        on_ended,
+    )?;
     Ok(outcome_code(outcome, spec))
 }
 
