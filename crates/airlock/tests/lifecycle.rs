@@ -62,6 +62,55 @@ fn stdin_is_streamed_in_run_and_exec() {
     }
 }
 
+/// The sandbox's root is assembled in a tmpfs of its own, in its own mount namespace: while it
+/// runs nothing of it shows on the host (the scratch directory it covers stays empty, no mount
+/// point is made in the runtime directory), and its resolver configuration is written inside,
+/// read-only.
+#[test]
+fn a_running_sandbox_builds_nothing_on_the_host() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        let script = "cat /etc/resolv.conf; (echo x >/etc/resolv.conf) 2>/dev/null || echo read-only; read line";
+        let mut c = env.command(&["run", "--rm", "--", "sh", "-c", script]);
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut seen = String::new();
+        use std::io::BufRead;
+        while !seen.contains("read-only") {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            seen.push_str(&line);
+        }
+        assert!(seen.contains("nameserver 127.0.0.53"), "{seen}");
+        assert!(seen.contains("read-only"), "{seen}");
+        // The sandbox is running (it waits for its stdin): look at the host now.
+        let scratch = env.airlock_home.join("run/scratch");
+        let inside: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().collect();
+        assert!(inside.is_empty(), "{} holds {inside:?}", scratch.display());
+        let sandboxes = env.airlock_home.join("run/sandboxes");
+        let runtime: Vec<_> = env
+            .state_files()
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(&sandboxes).ok().map(|r| r.to_path_buf()))
+            .collect();
+        assert!(
+            runtime.iter().all(|p| p.components().count() <= 1
+                || (p.components().count() == 2 && p.ends_with("state.json"))),
+            "only the running sandbox's state is in the runtime directory: {runtime:?}"
+        );
+        assert!(
+            runtime.iter().any(|p| p.ends_with("state.json")),
+            "{runtime:?}"
+        );
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"done\n").unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
 /// With a terminal, `run` and `exec -t` give the command a PTY of its own inside the sandbox and
 /// return its exit code (driven through `script`, which gives airlock a terminal).
 #[test]
