@@ -417,6 +417,12 @@ impl MountPlan {
             None
         };
         let disk_layers = Layers::new(&src(&self.layers.dir));
+        // SAFETY: umask only swaps the process's file mode mask; the old one is put back.
+        let umask = unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m
+        } as u32;
         // Host paths masked in a system directory's upper layer (see `mask_in_upper`).
         let mut masked_in_upper: std::collections::HashSet<PathBuf> = Default::default();
         for d in &self.system_dirs {
@@ -444,7 +450,7 @@ impl MountPlan {
                     lower.split(':').map(|l| staged_rel(Path::new(l))).collect();
                 let upper_rel = staged_rel(&upper);
                 in_stage(&mut || {
-                    masked_in_upper.extend(self.mask_in_upper(d, &lowers, &upper_rel)?);
+                    masked_in_upper.extend(self.mask_in_upper(d, &lowers, &upper_rel, umask)?);
                     Ok(())
                 })?;
                 overlay(Path::new(&lower), &upper, &work, &target)?;
@@ -743,7 +749,20 @@ impl MountPlan {
     /// will cover (the workspace, the home, an extra bind: the upper layer would be hidden under
     /// it), and paths that are symlinks or lie under one in the host's tree (replacing a link
     /// would hide only the link, not what it points to).
-    fn mask_in_upper(&self, d: &str, lowers: &[PathBuf], upper: &Path) -> Result<Vec<PathBuf>> {
+    fn mask_in_upper(
+        &self,
+        d: &str,
+        lowers: &[PathBuf],
+        upper: &Path,
+        umask: u32,
+    ) -> Result<Vec<PathBuf>> {
+        let mut layer = UpperLayer {
+            dir: upper,
+            creator: self.shifted.then_some((0, 0)),
+            umask,
+            fresh: self.volatile_layers,
+            made: Default::default(),
+        };
         let top = Path::new("/").join(d);
         let covered = |p: &Path| {
             p.starts_with(&self.workspace)
@@ -782,10 +801,10 @@ impl MountPlan {
             }) {
                 continue;
             }
-            match ensure_parents(lowers, upper, &rel)? {
+            match layer.ensure_parents(lowers, &rel)? {
                 Parents::Unusable => continue,
                 Parents::Hidden => {}
-                Parents::Ready => stand_in(&upper.join(&rel), &meta)?,
+                Parents::Ready => layer.stand_in(&upper.join(&rel), &meta)?,
             }
             done.push(path.clone());
         }
@@ -793,26 +812,111 @@ impl MountPlan {
     }
 }
 
-/// Put an empty stand-in for the host's `meta` at `at` in an upper layer: an empty file, or an
-/// empty opaque directory; a directory already there is made opaque, and anything else the
-/// agent left there (a file, a whiteout) already hides the host's entry.
-fn stand_in(at: &Path, meta: &std::fs::Metadata) -> Result<()> {
-    match std::fs::symlink_metadata(at) {
-        Err(_) if meta.is_dir() => {
-            mkdir(at, 0o700)?;
-            copy_owner_and_mode(meta, at)?;
-            set_opaque(at)
+/// Creates masks' stand-ins in one system directory's upper layer, with the host's owners and
+/// modes, in as few system calls as it can: an owner or mode is only set when creation did not
+/// already give it, and a fresh (in-memory) upper layer is not searched for what the agent left.
+struct UpperLayer<'a> {
+    dir: &'a Path,
+    /// Owner (uid, gid) of what we create, if known (a shifted sandbox creates as root inside).
+    creator: Option<(u32, u32)>,
+    umask: u32,
+    /// Nothing was in the layer before this start: only what `made` lists is there.
+    fresh: bool,
+    made: std::collections::HashSet<PathBuf>,
+}
+
+impl UpperLayer<'_> {
+    /// What is at `at` in the layer already.
+    fn existing(&self, at: &Path) -> Option<std::fs::Metadata> {
+        if self.fresh && !self.made.contains(at) {
+            return None;
         }
-        Err(_) => {
-            std::fs::File::create(at).map_err(|e| NsError::path(at, e))?;
-            copy_owner_and_mode(meta, at)
+        std::fs::symlink_metadata(at).ok()
+    }
+
+    /// Create an empty directory or file at `at` with `meta`'s owner and mode.
+    fn make_like(&mut self, meta: &std::fs::Metadata, at: &Path) -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = meta.mode() & 0o7777;
+        let made = if meta.is_dir() {
+            mkdir(at, mode & 0o1777)?;
+            mode & 0o1777 & !self.umask
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode & 0o777)
+                .open(at)
+                .map_err(|e| NsError::path(at, e))?;
+            mode & 0o777 & !self.umask
+        };
+        self.made.insert(at.to_path_buf());
+        if self.creator != Some((meta.uid(), meta.gid())) {
+            let c = cstr(at)?;
+            // SAFETY: lchown of a path we just created, with ids read from the layer below.
+            if unsafe { libc::lchown(c.as_ptr(), meta.uid(), meta.gid()) } != 0 {
+                return Err(NsError::last(format!(
+                    "setting the owner of {}",
+                    at.display()
+                )));
+            }
         }
-        Ok(m) if m.is_dir() && meta.is_dir() => set_opaque(at),
-        Ok(_) => Ok(()),
+        // A change of owner clears set-id bits; they, and bits the umask removed, are set here.
+        if made != mode || (mode & 0o6000 != 0) {
+            std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| NsError::path(at, e))?;
+        }
+        Ok(())
+    }
+
+    /// Put an empty stand-in for the host's `meta` at `at`: an empty file, or an empty opaque
+    /// directory; a directory already there is made opaque, and anything else the agent left
+    /// there (a file, a whiteout) already hides the host's entry.
+    fn stand_in(&mut self, at: &Path, meta: &std::fs::Metadata) -> Result<()> {
+        match self.existing(at) {
+            None => {
+                self.make_like(meta, at)?;
+                if meta.is_dir() {
+                    set_opaque(at)?;
+                }
+                Ok(())
+            }
+            Some(m) if m.is_dir() && meta.is_dir() => set_opaque(at),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Create the missing parents of `rel` like the lowest layer that has them (owner and mode).
+    fn ensure_parents(&mut self, lowers: &[PathBuf], rel: &Path) -> Result<Parents> {
+        let mut at = self.dir.to_path_buf();
+        let mut sub = PathBuf::new();
+        let parents: Vec<_> = rel
+            .parent()
+            .map(|p| p.components().collect())
+            .unwrap_or_default();
+        for c in parents {
+            at.push(c);
+            sub.push(c);
+            match self.existing(&at) {
+                Some(m) if m.is_dir() => continue,
+                Some(_) => return Ok(Parents::Hidden),
+                None => {}
+            }
+            // Not followed: a link resolves against the host's root here, not the sandbox's.
+            let below = lowers
+                .iter()
+                .find_map(|l| std::fs::symlink_metadata(l.join(&sub)).ok());
+            let Some(meta) = below.filter(|m| m.is_dir()) else {
+                return Ok(Parents::Unusable);
+            };
+            self.make_like(&meta, &at)?;
+        }
+        Ok(Parents::Ready)
     }
 }
 
-/// What [`ensure_parents`] found.
+/// What [`UpperLayer::ensure_parents`] found.
 enum Parents {
     /// The parents exist in the upper layer as directories.
     Ready,
@@ -821,50 +925,6 @@ enum Parents {
     Hidden,
     /// A parent is a symlink (or missing) in the layers below: not for an upper-layer mask.
     Unusable,
-}
-
-/// Create the missing parents of `rel` in `upper` like the lowest layer that has them (owner and
-/// mode).
-fn ensure_parents(lowers: &[PathBuf], upper: &Path, rel: &Path) -> Result<Parents> {
-    let mut at = upper.to_path_buf();
-    let mut sub = PathBuf::new();
-    let parents: Vec<_> = rel
-        .parent()
-        .map(|p| p.components().collect())
-        .unwrap_or_default();
-    for c in parents {
-        at.push(c);
-        sub.push(c);
-        // Not followed: a link resolves against the host's root here, not the sandbox's.
-        let below = lowers
-            .iter()
-            .find_map(|l| std::fs::symlink_metadata(l.join(&sub)).ok());
-        let Some(meta) = below.filter(|m| m.is_dir()) else {
-            return Ok(Parents::Unusable);
-        };
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => return Ok(Parents::Hidden),
-            Err(_) => {}
-        }
-        mkdir(&at, 0o700)?;
-        copy_owner_and_mode(&meta, &at)?;
-    }
-    Ok(Parents::Ready)
-}
-
-fn copy_owner_and_mode(meta: &std::fs::Metadata, at: &Path) -> Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let c = cstr(at)?;
-    // SAFETY: lchown of a path we just created, with ids read from the layer below.
-    if unsafe { libc::lchown(c.as_ptr(), meta.uid(), meta.gid()) } != 0 {
-        return Err(NsError::last(format!(
-            "setting the owner of {}",
-            at.display()
-        )));
-    }
-    std::fs::set_permissions(at, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(|e| NsError::path(at, e))
 }
 
 /// Mark an upper-layer directory opaque (overlayfs with `userxattr`): nothing below shows.
