@@ -439,7 +439,18 @@ impl MountPlan {
                 Some(t) => format!("{}:{}", t.display(), host.display()),
                 None => host.display().to_string(),
             };
-            if self.system_cow {
+            if self.system_cow
+                && let Some(layers) = &volatile_layers
+                && !lower.contains(':')
+                && std::fs::read_dir(&host).is_ok_and(|mut rd| rd.next().is_none())
+            {
+                // An empty host directory (/srv, often /opt) in a sandbox whose layers are new
+                // and in memory: its upper layer alone, bound, is what an overlay would show,
+                // without the overlay (~0.1 ms a mount: overlayfs probes its work directory).
+                let (upper, _) = layers.system(d);
+                mkdir_all(&upper)?;
+                bind(&upper, &target, false)?;
+            } else if self.system_cow {
                 let layers = volatile_layers.as_ref().unwrap_or(&disk_layers);
                 let (upper, work) = layers.system(d);
                 if volatile_layers.is_some() {
@@ -643,7 +654,9 @@ impl MountPlan {
         // Masks. A mask over a path the agent cannot see anyway is skipped, and so is one the
         // copy-on-write system directories already applied in their upper layer.
         // The first mask of each kind is made read-only; the others are binds of it, which keep
-        // its flags (one mount each, and no new tmpfs superblock to set up and tear down).
+        // its flags (one mount each, and no new tmpfs superblock to set up and tear down). A path
+        // missing inside is skipped on the mount's own answer, without a look-up first (~30
+        // look-ups in /proc, /sys and the overlays fewer).
         let null = dev.join("null");
         let mut masked_file: Option<PathBuf> = None;
         for f in self
@@ -652,16 +665,16 @@ impl MountPlan {
             .filter(|p| !masked_in_upper.contains(*p))
         {
             let target = under(r, f);
-            if target.exists() {
-                match &masked_file {
-                    Some(first) => bind(first, &target, false)?,
-                    None => {
-                        bind(&null, &target, true)?;
-                        masked_file = Some(target);
-                    }
-                }
+            let mounted = match &masked_file {
+                Some(first) => bind(first, &target, false),
+                None => bind(&null, &target, true),
+            };
+            if present(mounted, &[libc::ENOENT])? && masked_file.is_none() {
+                masked_file = Some(target);
             }
         }
+        // Directories only: a mask over anything else is skipped, as it always was.
+        let not_a_dir = [libc::ENOENT, libc::ENOTDIR];
         let mut masked_dir: Option<PathBuf> = None;
         for d in self
             .masked_dirs
@@ -670,14 +683,12 @@ impl MountPlan {
             .filter(|p| !masked_in_upper.contains(*p))
         {
             let target = under(r, d);
-            if target.is_dir() {
-                match &masked_dir {
-                    Some(first) => bind(first, &target, false)?,
-                    None => {
-                        mask_dir(&target)?;
-                        masked_dir = Some(target);
-                    }
-                }
+            let mounted = match &masked_dir {
+                Some(first) => bind(first, &target, false),
+                None => mask_dir(&target),
+            };
+            if present(mounted, &not_a_dir)? && masked_dir.is_none() {
+                masked_dir = Some(target);
             }
         }
         for d in self
@@ -685,22 +696,18 @@ impl MountPlan {
             .iter()
             .filter(|p| !masked_in_upper.contains(*p))
         {
-            let target = under(r, d);
-            if target.is_dir() {
-                mount(
-                    Some("tmpfs"),
-                    &target,
-                    Some("tmpfs"),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    Some("mode=1777"),
-                )?;
-            }
+            let mounted = mount(
+                Some("tmpfs"),
+                &under(r, d),
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some("mode=1777"),
+            );
+            present(mounted, &not_a_dir)?;
         }
         for p in PROC_READONLY {
             let target = under(r, Path::new(p));
-            if target.exists() {
-                bind(&target, &target, true)?;
-            }
+            present(bind(&target, &target, true), &[libc::ENOENT])?;
         }
 
         if let Some(at) = &self.share_tree {
@@ -951,16 +958,27 @@ fn set_opaque(at: &Path) -> Result<()> {
 
 /// Hide a directory (if it exists) under an empty, read-only, tiny tmpfs.
 fn mask_dir(target: &Path) -> Result<()> {
-    if target.is_dir() {
-        mount(
-            Some("tmpfs"),
-            target,
-            Some("tmpfs"),
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some("mode=0755,size=4k"),
-        )?;
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("mode=0755,size=4k"),
+    )
+}
+
+/// Whether a mask was mounted: `false` if its mount failed with one of `skip` (the path is not
+/// there inside, or is not what the mask covers), the error otherwise.
+fn present(mounted: Result<()>, skip: &[libc::c_int]) -> Result<bool> {
+    match mounted {
+        Ok(()) => Ok(true),
+        Err(NsError::Sys { source, .. })
+            if source.raw_os_error().is_some_and(|e| skip.contains(&e)) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 impl MountPlan {
@@ -1002,7 +1020,7 @@ impl MountPlan {
         // its disk): show empty read-only directories there instead, so nothing the guest writes
         // lands in the jail's memory.
         for d in &self.private_dirs {
-            mask_dir(&under(share, d))?;
+            present(mask_dir(&under(share, d)), &[libc::ENOENT, libc::ENOTDIR])?;
         }
         for (name, target) in &self.root_symlinks {
             symlink(target, &share.join(name))?;
