@@ -1,7 +1,5 @@
 //! Dispatch and error reporting.
 
-use clap::Parser;
-
 use crate::cli::{Cli, Command};
 use crate::{commands, exit, ui};
 
@@ -53,7 +51,7 @@ fn code_for(e: &anyhow::Error) -> i32 {
 
 pub fn main() -> i32 {
     airlock_core::startup::begin();
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     // Commands that only print behave like other Unix tools when their reader goes away
     // (`airlock ls | head`): the default SIGPIPE ends them quietly. Commands that supervise a
     // sandbox keep Rust's ignored SIGPIPE: the gate's sockets must not kill the supervisor.
