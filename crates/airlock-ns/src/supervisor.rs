@@ -35,11 +35,7 @@ use crate::rlimits::Rlimits;
 /// (`<data>/cache/seccomp-<hash>.bpf`, never visible inside a sandbox), so starting or joining a
 /// sandbox only reads it back.
 pub fn seccomp_program(store: &Store) -> Result<SeccompProgram> {
-    let h = airlock_core::units::fnv1a(
-        airlock_seccomp::DEFAULT_POLICY_TOML
-            .bytes()
-            .chain(std::env::consts::ARCH.bytes()),
-    );
+    let h = airlock_seccomp::DEFAULT_POLICY_KEY;
     let path = store
         .paths
         .data
