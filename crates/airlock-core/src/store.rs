@@ -60,20 +60,52 @@ impl Store {
         validate_name(name)?;
         self.ensure_roots()?;
         let path = self.paths.sandbox_lock(name);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| CoreError::io(&path, e))?;
-        // SAFETY: flock on a file descriptor we own; blocking is intended.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(CoreError::io(&path, std::io::Error::last_os_error()));
+        loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|e| CoreError::io(&path, e))?;
+            // SAFETY: flock on a file descriptor we own; blocking is intended.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc != 0 {
+                return Err(CoreError::io(&path, std::io::Error::last_os_error()));
+            }
+            // The holder before us may have deleted the sandbox, its lock file included (`rm`,
+            // `gc`): a lock on a file no longer at `path` would exclude nobody who opens `path`
+            // after us. Take the one there now.
+            if is_at(&file, &path) {
+                return Ok(SandboxLock { _file: file });
+            }
         }
-        Ok(SandboxLock { _file: file })
+    }
+
+    /// Delete a leftover of [`Store::stale_entries`]. An orphan lock file goes only if nobody
+    /// holds it (whoever waits on it then takes a fresh one, see [`Store::lock`]); returns
+    /// whether something was deleted.
+    pub fn remove_stale(&self, path: &Path) -> bool {
+        let is_lock = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') && n.ends_with(".lock"));
+        if !is_lock {
+            return remove_tree(path).is_ok();
+        }
+        let Ok(file) = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+        else {
+            return false;
+        };
+        // SAFETY: flock on a file descriptor we own, without waiting.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return false;
+        }
+        is_at(&file, path) && fs::remove_file(path).is_ok()
     }
 
     pub fn exists(&self, name: &str) -> bool {
@@ -235,6 +267,15 @@ impl Store {
         remove_tree(&self.runtime_dir(name))?;
         let _ = fs::remove_file(self.paths.sandbox_lock(name));
         Ok(())
+    }
+}
+
+/// Whether `file` is the file at `path` now (not one deleted or replaced since it was opened).
+fn is_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -417,6 +458,44 @@ mod tests {
             data: dir.join("data"),
             runtime: dir.join("run"),
         })
+    }
+
+    /// A waiter whose lock file was deleted by the holder (`rm`) takes the file at the path now,
+    /// so it excludes the next one to come; an orphan lock is only deleted while nobody holds it.
+    #[test]
+    fn a_lock_deleted_by_its_holder_is_not_held_by_the_next_waiter() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let path = s.paths.sandbox_lock("one");
+        let held = s.lock("one").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let lock = s.lock("one").unwrap();
+                let m = lock._file.metadata().unwrap();
+                tx.send((m.ino(), m.nlink())).unwrap();
+                // Held until the main thread has checked the path.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                drop(lock);
+            })
+        };
+        // Give the waiter time to open the old file and block on it.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // The holder deletes the sandbox, lock file included, then lets go.
+        fs::remove_file(&path).unwrap();
+        drop(held);
+        let (ino, links) = rx.recv().unwrap();
+        assert_eq!(links, 1, "the waiter kept a lock on the deleted file");
+        assert_eq!(ino, fs::metadata(&path).unwrap().ino());
+        // While the waiter holds it, gc leaves the lock file alone.
+        assert!(s.stale_entries().contains(&path));
+        assert!(!s.remove_stale(&path));
+        assert!(path.exists());
+        waiter.join().unwrap();
+        assert!(s.remove_stale(&path));
+        assert!(!path.exists());
     }
 
     #[test]

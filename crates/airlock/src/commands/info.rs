@@ -296,7 +296,7 @@ pub fn gc(json: bool) -> Result<i32, Failure> {
         removed.push(format!("unused guest image {}", img.display()));
     }
     for stale in store.stale_entries() {
-        if remove_tree(&stale).is_ok() {
+        if store.remove_stale(&stale) {
             removed.push(format!("leftover {}", stale.display()));
         }
     }
