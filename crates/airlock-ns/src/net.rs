@@ -438,14 +438,19 @@ pub struct SandboxNet {
 }
 
 impl SandboxNet {
+    /// `policy`: the sandbox's policy if it was just built (see [`needs_capture`]).
     pub fn start(
         store: &Store,
         spec: &SandboxSpec,
         sockets: InsideSockets,
         credentials: Option<Credentials>,
+        policy: Option<Policy>,
     ) -> Result<SandboxNet> {
         let paths = paths(store, spec);
-        let policy = build_policy(spec, &paths)?;
+        let policy = match policy {
+            Some(p) => p,
+            None => build_policy(spec, &paths)?,
+        };
         let log = DecisionLog::open(&paths.log, &spec.name).map_err(policy_err)?;
         let upstream = upstream_dns();
         let mut gate_cfg = GateConfig::new(&spec.name, upstream);
@@ -590,15 +595,17 @@ impl Drop for SandboxNet {
 /// Whether a sandbox needs transparent capture (a TUN device): always for sandboxes that persist
 /// (their policy can be widened while they run); for `--rm` ones only if their policy allows
 /// something. Tearing a TUN device down costs ~15 ms, which a one-shot `run --rm` with nothing
-/// allowed need not pay.
-pub fn needs_capture(store: &Store, spec: &SandboxSpec) -> bool {
+/// allowed need not pay. The policy built to decide is returned for [`SandboxNet::start`] (so the
+/// start path reads and parses the policy's sources once).
+pub fn needs_capture(store: &Store, spec: &SandboxSpec) -> (bool, Option<Policy>) {
     if !spec.ephemeral {
-        return true;
+        return (true, None);
     }
     match build_policy(spec, &paths(store, spec)) {
-        Ok(p) => {
-            p.preset() != Preset::None || !p.allow_rules().is_empty() || !p.exposures().is_empty()
-        }
-        Err(_) => true,
+        Ok(p) => (
+            p.preset() != Preset::None || !p.allow_rules().is_empty() || !p.exposures().is_empty(),
+            Some(p),
+        ),
+        Err(_) => (true, None),
     }
 }

@@ -218,7 +218,8 @@ fn boot_inner(
     let state_dirs = [store.paths.data.clone(), store.paths.runtime.clone()];
     let mut plan = MountPlan::for_sandbox(spec, layers, scratch, idmap.full_range, &state_dirs);
     plan.resolv_conf = Some(crate::net::resolv_conf());
-    plan.network_capture = crate::net::needs_capture(store, spec);
+    let (network_capture, policy) = crate::net::needs_capture(store, spec);
+    plan.network_capture = network_capture;
     plan.extra_binds = extras.binds.clone();
     plan.extra_devices = extras.devices.clone();
     plan.share_tree = extras.share_tree.clone();
@@ -345,10 +346,12 @@ fn boot_inner(
     // work): nothing inside can connect before the init is ready, and starting it here takes its
     // ~0.4 ms off the start path. It stops with the value, on every path out of here.
     let net = match sockets {
-        Some(sockets) => match start_network(store, spec, sockets, credentials, &ports_sock) {
-            Ok(net) => Some(net),
-            Err(e) => return Err(fail(e)),
-        },
+        Some(sockets) => {
+            match start_network(store, spec, sockets, credentials, policy, &ports_sock) {
+                Ok(net) => Some(net),
+                Err(e) => return Err(fail(e)),
+            }
+        }
         None => None,
     };
     airlock_core::startup::trace("boot: network served");
@@ -381,12 +384,13 @@ fn start_network(
     spec: &SandboxSpec,
     sockets: crate::net::InsideSockets,
     credentials: Option<crate::net::Credentials>,
+    policy: Option<airlock_net::Policy>,
     ports: &OwnedFd,
 ) -> Result<crate::net::SandboxNet> {
     let ports = ports
         .try_clone()
         .map_err(|e| NsError::sys("the ports channel", e))?;
-    let mut net = crate::net::SandboxNet::start(store, spec, sockets, credentials)?;
+    let mut net = crate::net::SandboxNet::start(store, spec, sockets, credentials, policy)?;
     net.publisher = Some(crate::ports::Publisher::start(
         ports,
         &spec.network.publish,
