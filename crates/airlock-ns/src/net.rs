@@ -549,26 +549,26 @@ impl SandboxNet {
     }
 
     /// Re-read the policy sources every `every` and apply changes to the running sandbox.
-    /// Runs on its own thread until the service stops.
+    /// Runs as a task beside the gate (no thread of its own to start on the start path) until
+    /// the service stops; a check is four `stat`s, and a rebuild reads a few small files.
     pub fn watch(&self, spec: SandboxSpec, paths: NetPaths, every: Duration) {
         let Some(service) = &self.service else { return };
         let handle = service.policy().clone();
         let stop = self.stop_watch.clone();
-        let _ = std::thread::Builder::new()
-            .name("airlock-policy-watch".into())
-            .spawn(move || {
-                let mut stamp = sources_stamp(&paths);
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(every);
-                    let now = sources_stamp(&paths);
-                    if now != stamp {
-                        stamp = now;
-                        if let Ok(p) = build_policy(&spec, &paths) {
-                            handle.reload(p);
-                        }
+        service.runtime().spawn(async move {
+            let mut stamp = sources_stamp(&paths);
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            while !stop.load(Ordering::Relaxed) {
+                ticks.tick().await;
+                let now = sources_stamp(&paths);
+                if now != stamp {
+                    stamp = now;
+                    if let Ok(p) = build_policy(&spec, &paths) {
+                        handle.reload(p);
                     }
                 }
-            });
+            }
+        });
     }
 }
 
