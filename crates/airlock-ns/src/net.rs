@@ -573,8 +573,8 @@ impl SandboxNet {
 }
 
 impl SandboxNet {
-    /// Ask the gate and the policy watcher to stop; dropping the network waits for the gate (the
-    /// watcher ends at its next wake-up).
+    /// Ask the gate, and the policy watcher beside it, to stop; dropping the network waits for
+    /// them.
     pub fn request_stop(&mut self) {
         self.stop_watch.store(true, Ordering::Relaxed);
         if let Some(s) = self.service.as_mut() {
