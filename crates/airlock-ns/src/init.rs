@@ -350,16 +350,16 @@ pub(crate) fn close_all_except(keep: &[RawFd]) {
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
 }
 
-/// Wait for signals and port requests: reap every child, forward termination signals, and open
-/// connections to the sandbox's own loopback services for published ports (`-p`). With a first
-/// command, exit with its status when it ends; without, exit once asked to stop and every
-/// process is gone.
 /// End the sandbox: tell the supervisor that nothing else of it runs any more, then exit.
 fn end(sock: RawFd, code: i32) -> ! {
     send(sock, &[MSG_ENDED, code.clamp(0, 255) as u8]);
     exit(code)
 }
 
+/// Wait for signals and port requests: reap every child, forward termination signals, and open
+/// connections to the sandbox's own loopback services for published ports (`-p`). With a first
+/// command, exit with its status when it ends; without, exit once asked to stop and every
+/// process is gone (either way through [`end`]).
 fn reap_loop(main_pid: Option<i32>, ports: RawFd, sock: RawFd) -> ! {
     // SAFETY: signal-set manipulation on locals; signalfd/poll/read on our own descriptors;
     // waitpid/kill on our own pid namespace.
