@@ -60,7 +60,7 @@ impl Store {
         validate_name(name)?;
         self.ensure_roots()?;
         let path = self.paths.sandbox_lock(name);
-        loop {
+        for _ in 0..1000 {
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -81,6 +81,13 @@ impl Store {
                 return Ok(SandboxLock { _file: file });
             }
         }
+        Err(CoreError::io(
+            &path,
+            std::io::Error::other(
+                "this lock file kept being deleted or replaced while Airlock waited for it; \
+                 check what else writes to Airlock's state directory",
+            ),
+        ))
     }
 
     /// Delete a leftover of [`Store::stale_entries`]. An orphan lock file goes only if nobody
@@ -273,7 +280,7 @@ impl Store {
 /// Whether `file` is the file at `path` now (not one deleted or replaced since it was opened).
 fn is_at(file: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), fs::symlink_metadata(path)) {
+    match (file.metadata(), fs::metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
