@@ -326,6 +326,8 @@ def case_cold(e: Env) -> dict:
         if name in alts:
             idle[f"{name}, after 0.3 s idle"] = (lambda f: lambda: (time.sleep(0.3), f())[1])(alts[name])
     res.update(interleave(idle, 8 if a.quick else 30, 2, e.log))
+    rootless = cold_rootless(e)
+    res.update(rootless.get("results", {}))
     left = json.loads(e.al("ls", "--json").stdout)
     if fs in e.mounts and subprocess.run(["umount", fs]).returncode == 0:
         e.mounts.remove(fs)
@@ -335,7 +337,70 @@ def case_cold(e: Env) -> dict:
         out["ratio_to_bwrap"] = round(res["airlock run --rm"]["median_ms"] / res["bwrap"]["median_ms"], 3)
     if "runc run" in res:
         out["ratio_to_runc"] = round(res["airlock run --rm"]["median_ms"] / res["runc run"]["median_ms"], 3)
+    if "results" in rootless:
+        out["rootless_user"] = rootless["user"]
+        out["rootless_leftover_sandboxes"] = rootless["leftover_sandboxes"]
+        out["rootless_ratio_to_bwrap"] = round(
+            res[ROOTLESS_AIRLOCK]["median_ms"] / res[ROOTLESS_BWRAP]["median_ms"], 3)
+    elif "note" in rootless:
+        out["rootless_note"] = rootless["note"]
     return out
+
+
+ROOTLESS_AIRLOCK = "airlock run --rm (rootless)"
+ROOTLESS_BWRAP = "bwrap (rootless)"
+
+
+def cold_rootless(e: Env) -> dict:
+    """Case 1 again as an unprivileged user (most users are not root): Airlock and bwrap, each in
+    that user's own user namespace. A worker (this script, `--rootless-cold`) runs as that user
+    and times both the same way as the root rows (posix_spawn + waitpid, interleaved), so no
+    extra process sits in front of either."""
+    import pwd
+    name = os.environ.get("AIRBENCH_USER", "airtest")
+    if os.geteuid() != 0:
+        return {"note": "not root: the harness cannot switch to an unprivileged user"}
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        e.log(f"  rootless rows skipped: no user {name!r} (bench/run creates it; or set AIRBENCH_USER)")
+        return {"note": f"no user {name}"}
+    base = tempfile.mkdtemp(prefix="airbench-rootless-", dir=e.args.tmpdir)
+    try:
+        os.chmod(base, 0o755)
+        for d in ("home", "ws"):
+            os.makedirs(os.path.join(base, d))
+        for root, dirs, _ in os.walk(base):
+            for d in [root] + [os.path.join(root, x) for x in dirs]:
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        cfg = {"airlock": e.airlock, "ws": os.path.join(base, "ws"), "runs": e.args.cold_runs,
+               "warmup": e.args.warmup}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.path.join(base, "home"),
+               "USER": name, "LOGNAME": name, "AIRLOCK_HOME": os.path.join(base, "home", "airlock")}
+        p = subprocess.run(
+            ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+             sys.executable, os.path.abspath(__file__), "--rootless-cold", json.dumps(cfg)],
+            cwd=cfg["ws"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError(f"the rootless worker exited {p.returncode}")
+        out = json.loads(p.stdout)
+        out["user"] = name
+        return out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def rootless_cold_worker(cfg: dict) -> None:
+    """`--rootless-cold`: run by `cold_rootless` as the unprivileged user; prints JSON."""
+    ws = cfg["ws"]
+    alts = {
+        ROOTLESS_AIRLOCK: lambda: spawn_wait_ns([cfg["airlock"], "run", "--rm", "--", "true"], ws),
+        ROOTLESS_BWRAP: lambda: spawn_wait_ns(bwrap_argv(ws), ws),
+    }
+    res = interleave(alts, cfg["runs"], cfg["warmup"], lambda m: print(m, file=sys.stderr, flush=True))
+    left = json.loads(subprocess.run([cfg["airlock"], "ls", "--json"], capture_output=True, text=True,
+                                     check=True).stdout)
+    print(json.dumps({"results": res, "leftover_sandboxes": len(left)}))
 
 
 def case_exec(e: Env) -> dict:
@@ -815,6 +880,9 @@ def targets(c: dict) -> list[dict]:
     if cold.get("available"):
         v = cold.get("ratio_to_bwrap")
         add("1", "cold start ratio to bwrap", v, "x", "<= 1.0", v is not None and v <= 1.0)
+        v = cold.get("rootless_ratio_to_bwrap")
+        if v is not None:
+            add("1", "cold start ratio to bwrap, as an unprivileged user", v, "x", "<= 1.0", v <= 1.0)
     ex = c.get("exec", {})
     if ex.get("available"):
         v = ex["results"]["airlock exec"]["median_ms"]
@@ -936,9 +1004,10 @@ def table(c: dict, tg: list[dict], m: dict) -> str:
             L.append(f"| {cid}. {title} | {r.get('note')} | - | - | - |")
             continue
         if key == "cold":
-            base = r["results"].get("bwrap", {}).get("median_ms")
             for v, s in r["results"].items():
-                ratio = f"{s['median_ms'] / base:.2f}x bwrap" if base else ""
+                against = ROOTLESS_BWRAP if v.endswith("(rootless)") else "bwrap"
+                base = r["results"].get(against, {}).get("median_ms")
+                ratio = f"{s['median_ms'] / base:.2f}x {against}" if base else ""
                 L.append(f"| 1. cold start | {v} | {fmt_ms(s['median_ms'])} | {fmt_ms(s['p90_ms'])} | {ratio} |")
         elif key == "exec":
             base = r["results"]["nsenter"]["median_ms"]
@@ -1011,7 +1080,11 @@ def main():
     ap.add_argument("--tmpdir", default=None, help="where to put the temporary workspace and AIRLOCK_HOME")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     ap.add_argument("--no-save", action="store_true", help="print only, write no JSON")
+    ap.add_argument("--rootless-cold", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.rootless_cold:
+        rootless_cold_worker(json.loads(a.rootless_cold))
+        return
 
     q = a.quick
     a.cold_runs = a.runs or (40 if q else 200)
