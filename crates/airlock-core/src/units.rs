@@ -174,9 +174,25 @@ pub fn utc_datetime(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
 /// FNV-1a, 64 bit: a stable, dependency-free hash for naming things after their content (cache
 /// files, cgroup scopes). Not for security.
 pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.into_iter().fold(FNV1A_OFFSET, fnv1a_step)
+}
+
+/// Where an FNV-1a hash starts, for [`fnv1a_continue`].
+pub const FNV1A_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// [`fnv1a`] continued over `bytes` from the hash `h`, at compile time too (a cache key of
+/// data built into the binary need not be computed at every start).
+pub const fn fnv1a_continue(mut h: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        h = fnv1a_step(h, bytes[i]);
+        i += 1;
+    }
+    h
+}
+
+const fn fnv1a_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
 }
 
 /// `1.5 GiB`, `512 MiB`, `12 KiB`, `7 B`.
@@ -220,6 +236,16 @@ pub fn dbus_unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fnv1a_over_pieces_is_fnv1a_over_the_whole() {
+        let (a, b) = (b"the policy".as_slice(), b"x86_64".as_slice());
+        assert_eq!(
+            fnv1a_continue(fnv1a_continue(FNV1A_OFFSET, a), b),
+            fnv1a(a.iter().chain(b).copied())
+        );
+        assert_ne!(fnv1a(a.iter().copied()), fnv1a(b.iter().copied()));
+    }
 
     #[test]
     fn dbus_addresses_are_unescaped() {

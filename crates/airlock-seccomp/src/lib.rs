@@ -55,23 +55,6 @@ use syscalls::Arch;
 /// The reviewed default policy (repository file `policy/seccomp.toml`).
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../policy/seccomp.toml");
 
-/// FNV-1a of the default policy and the target architecture, computed at build time: the key a
-/// compiled filter is cached under (hashing the 22 KB policy at every start cost ~0.05 ms).
-pub const DEFAULT_POLICY_KEY: u64 = {
-    const fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-        let mut i = 0;
-        while i < bytes.len() {
-            h = (h ^ bytes[i] as u64).wrapping_mul(0x0100_0000_01b3);
-            i += 1;
-        }
-        h
-    }
-    fnv1a(
-        fnv1a(0xcbf2_9ce4_8422_2325, DEFAULT_POLICY_TOML.as_bytes()),
-        std::env::consts::ARCH.as_bytes(),
-    )
-};
-
 /// Everything that can go wrong while building or installing the filter.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {

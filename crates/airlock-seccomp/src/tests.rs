@@ -655,16 +655,3 @@ fn sixty_four_bit_comparisons() {
     assert_eq!(verdict(&p, "mmap", &[0, 0x1_0000_0000]), EPERM);
     assert_eq!(verdict(&p, "mmap", &[0, u64::MAX]), EPERM);
 }
-
-/// The build-time cache key is the FNV-1a of the policy and the architecture.
-#[test]
-fn the_cache_key_hashes_the_policy_and_the_architecture() {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in DEFAULT_POLICY_TOML
-        .bytes()
-        .chain(std::env::consts::ARCH.bytes())
-    {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    assert_eq!(crate::DEFAULT_POLICY_KEY, h);
-}
