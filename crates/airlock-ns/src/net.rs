@@ -126,7 +126,6 @@ use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use airlock_net::{
@@ -430,7 +429,6 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'sta
 pub struct SandboxNet {
     service: Option<NetService>,
     _stack: Option<StackHandle>,
-    stop_watch: Arc<AtomicBool>,
     /// How the network is wired, for `inspect`.
     pub description: String,
     /// Published ports (`-p`), served while the sandbox runs.
@@ -537,11 +535,9 @@ impl SandboxNet {
             ),
             None => description,
         };
-        let stop_watch = Arc::new(AtomicBool::new(false));
         let net = SandboxNet {
             service: Some(service),
             _stack: stack,
-            stop_watch,
             description,
             publisher: None,
         };
@@ -549,16 +545,15 @@ impl SandboxNet {
     }
 
     /// Re-read the policy sources every `every` and apply changes to the running sandbox.
-    /// Runs as a task beside the gate (no thread of its own to start on the start path) until
-    /// the service stops; a check is four `stat`s, and a rebuild reads a few small files.
+    /// Runs as a task beside the gate (no thread of its own to start on the start path): it ends
+    /// with the gate's runtime. A check is four `stat`s, and a rebuild reads a few small files.
     pub fn watch(&self, spec: SandboxSpec, paths: NetPaths, every: Duration) {
         let Some(service) = &self.service else { return };
         let handle = service.policy().clone();
-        let stop = self.stop_watch.clone();
         service.runtime().spawn(async move {
             let mut stamp = sources_stamp(&paths);
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            while !stop.load(Ordering::Relaxed) {
+            loop {
                 ticks.tick().await;
                 let now = sources_stamp(&paths);
                 if now != stamp {
@@ -570,13 +565,10 @@ impl SandboxNet {
             }
         });
     }
-}
 
-impl SandboxNet {
     /// Ask the gate, and the policy watcher beside it, to stop; dropping the network waits for
     /// them.
     pub fn request_stop(&mut self) {
-        self.stop_watch.store(true, Ordering::Relaxed);
         if let Some(s) = self.service.as_mut() {
             s.request_stop();
         }
@@ -585,7 +577,6 @@ impl SandboxNet {
 
 impl Drop for SandboxNet {
     fn drop(&mut self) {
-        self.stop_watch.store(true, Ordering::Relaxed);
         if let Some(s) = self.service.take() {
             let _ = s.shutdown();
         }
