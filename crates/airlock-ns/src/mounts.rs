@@ -905,19 +905,24 @@ impl UpperLayer<'_> {
         for c in parents {
             at.push(c);
             sub.push(c);
-            match self.existing(&at) {
-                Some(m) if m.is_dir() => continue,
-                Some(_) => return Ok(Parents::Hidden),
-                None => {}
+            // Made this start, after the check below found a directory there.
+            if self.made.contains(&at) {
+                continue;
             }
-            // Not followed: a link resolves against the host's root here, not the sandbox's.
+            // The layers below first: a parent that is a link there (not followed: it would
+            // resolve against the host's root here) is no place for a mask in the upper layer,
+            // whatever the agent left above it.
             let below = lowers
                 .iter()
                 .find_map(|l| std::fs::symlink_metadata(l.join(&sub)).ok());
             let Some(meta) = below.filter(|m| m.is_dir()) else {
                 return Ok(Parents::Unusable);
             };
-            self.make_like(&meta, &at)?;
+            match self.existing(&at) {
+                Some(m) if m.is_dir() => continue,
+                Some(_) => return Ok(Parents::Hidden),
+                None => self.make_like(&meta, &at)?,
+            }
         }
         Ok(Parents::Ready)
     }
