@@ -719,7 +719,10 @@ pub fn run_foreground(
         reap(booted.init_pid);
     }
     airlock_core::startup::trace("init reaped");
-    finish(store, spec, &booted);
+    // The runtime state went before `on_ended`; what is left is the cgroup, empty now.
+    if let Some(cg) = &booted.enforcement.cgroup {
+        cgroups::remove(cg);
+    }
     Ok(ended.outcome)
 }
 
