@@ -181,6 +181,11 @@ pub struct SandboxSpec {
     /// Run a private Docker daemon in the sandbox (`--docker`, microVM tier only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub docker: bool,
+    /// Workspace subdirectories (relative, normalized) kept out of the workspace's copy-on-write
+    /// layer (`--cache-dir`): each is a plain directory of the sandbox's own, mounted over that
+    /// path, for build outputs and dependency trees. Never part of diff, review or apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_dirs: Vec<PathBuf>,
     /// Delete the sandbox when its command exits (`run --rm`).
     pub ephemeral: bool,
     /// Seconds since the Unix epoch.

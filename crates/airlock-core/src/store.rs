@@ -455,6 +455,7 @@ mod tests {
             credentials: vec![],
             ssh_agent: false,
             docker: false,
+            cache_dirs: vec![],
             ephemeral: false,
             created_at: 0,
         }

@@ -39,6 +39,16 @@ pub enum NsError {
 }
 
 impl NsError {
+    /// The error as text for another process that wraps it in [`NsError::Setup`] again (the
+    /// init's and a detached supervisor's reports): a setup error without its prefix, so the
+    /// user reads "sandbox setup failed" once.
+    pub fn message(&self) -> String {
+        match self {
+            NsError::Setup(m) => m.clone(),
+            e => e.to_string(),
+        }
+    }
+
     pub fn sys(what: impl Into<String>, source: std::io::Error) -> NsError {
         NsError::Sys {
             what: what.into(),

@@ -291,7 +291,7 @@ fn setup(
     // In every case (an error or not), the network thread is done before anything else is said
     // on the channel, and the init is in the sandbox's network namespace before it goes on.
     net.enter()?;
-    applied.map_err(|e| e.to_string())?;
+    applied.map_err(|e| e.message())?;
     airlock_core::startup::trace("init: filesystem built");
     // We joined the sandbox's cgroup first thing; once the supervisor confirms the sandbox is
     // set up on its side, a new cgroup namespace makes that cgroup our root.

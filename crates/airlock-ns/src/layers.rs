@@ -3,6 +3,7 @@
 //! layers/workspace/{upper,work}   copy-on-write layer over the workspace (mode cow)
 //! layers/system/<dir>/{upper,work} copy-on-write layers over /usr, /etc, /opt, /var, /srv
 //! home/                            the private home directory
+//! caches/<n>                       the n-th cache directory (`--cache-dir`), made at start
 //! ```
 //! They survive stop/start and disappear with `rm`.
 
@@ -36,6 +37,11 @@ impl Layers {
 
     pub fn home(&self) -> PathBuf {
         self.dir.join("home")
+    }
+
+    /// The sandbox's own directory for its `i`-th cache directory (`--cache-dir`).
+    pub fn cache_dir(&self, i: usize) -> PathBuf {
+        self.dir.join("caches").join(i.to_string())
     }
 
     /// The sandbox's own git clone (`--workspace-mode clone`).

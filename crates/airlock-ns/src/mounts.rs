@@ -142,6 +142,9 @@ pub struct MountPlan {
     pub home: PathBuf,
     pub workspace: PathBuf,
     pub mode: WorkspaceMode,
+    /// Workspace subdirectories (relative) that get a plain directory of the sandbox's own
+    /// instead of the copy-on-write layer (`--cache-dir`), stored at [`Layers::cache_dir`].
+    pub cache_dirs: Vec<PathBuf>,
     pub masked_files: Vec<PathBuf>,
     pub masked_dirs: Vec<PathBuf>,
     pub private_dirs: Vec<PathBuf>,
@@ -241,6 +244,7 @@ impl MountPlan {
             home: spec.user.home.clone(),
             workspace: spec.workspace.clone(),
             mode: spec.mode,
+            cache_dirs: spec.cache_dirs.clone(),
             masked_files,
             masked_dirs,
             private_dirs,
@@ -616,6 +620,49 @@ impl MountPlan {
                 mkdir_all(&source)?;
                 bind(&host_ws, &source, true)?;
             }
+        }
+
+        // Cache directories: the sandbox's own plain directories over workspace subdirectories,
+        // at the file speed of the filesystem they are on (no overlay in the way).
+        for (i, rel) in self.cache_dirs.iter().enumerate() {
+            let store = layers.cache_dir(i);
+            mkdir_all(&store)?;
+            if let Ok(c) = cstr(&store) {
+                // SAFETY: chown of the sandbox's own directory, to the sandbox's user (as for a
+                // home made in memory; where it fails, the creator already is that user).
+                unsafe { libc::chown(c.as_ptr(), self.home_owner.0, self.home_owner.1) };
+            }
+            // Made where missing only where that changes nothing of the host (in the copy-on-
+            // write layer or the sandbox's clone), never in a live or read-only workspace.
+            let create = matches!(self.mode, WorkspaceMode::Cow | WorkspaceMode::Clone);
+            let fix = match self.mode {
+                WorkspaceMode::Cow => {
+                    "`airlock reset SANDBOX` discards the sandbox's changes to the workspace"
+                        .to_string()
+                }
+                WorkspaceMode::Clone => format!(
+                    "remove {} (the sandbox's clone) on the host, or recreate the sandbox",
+                    self.layers.clone_dir().join(rel).display()
+                ),
+                WorkspaceMode::Rw | WorkspaceMode::Ro => {
+                    "this is the host's own workspace: make it a directory there".to_string()
+                }
+            };
+            check_cache_dir_path(&ws, &self.workspace, rel, create, self.home_owner, &fix)?;
+            let target = ws.join(rel);
+            bind(&store, &target, false)?;
+            // Like the workspace's own mount: no set-id programs, no device nodes.
+            mount(
+                None,
+                &target,
+                None,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | locked_flags(&target),
+                None,
+            )?;
         }
 
         if self.resolv_conf.is_some() {
@@ -1069,6 +1116,81 @@ fn show_file_at(r: &Path, path: &Path, src: &Path) -> Result<()> {
         return Ok(());
     }
     bind(src, &target, true)
+}
+
+/// Check that workspace subdirectory `rel` of `ws` (the workspace mounted inside the new root; the
+/// host path `host_ws` and `fix`, what the user can do about a symlink, are for messages) is a directory reached through directories only, making
+/// its last component (owned by `owner`) if it is missing and `create`. No component may be a symlink: in a kept
+/// sandbox the agent chose what is there, and a cache directory must not be mounted anywhere
+/// else. Nothing of the sandbox runs while its filesystem is built, so the path checked is the
+/// path mounted on.
+fn check_cache_dir_path(
+    ws: &Path,
+    host_ws: &Path,
+    rel: &Path,
+    create: bool,
+    owner: (u32, u32),
+    fix: &str,
+) -> Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let mut dir = open_path(ws)?;
+    let mut seen = host_ws.to_path_buf();
+    let last = rel.components().count();
+    for (n, c) in rel.components().enumerate() {
+        seen.push(c);
+        let name = cstr(Path::new(c.as_os_str()))?;
+        let open = |d: &OwnedFd| {
+            // SAFETY: openat on a directory descriptor we own with a valid NUL-terminated name.
+            unsafe { libc::openat(d.as_raw_fd(), name.as_ptr(), flags) }
+        };
+        let mut fd = open(&dir);
+        if fd < 0
+            && create
+            && n + 1 == last
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
+        {
+            // SAFETY: mkdirat/fchownat on a directory descriptor we own, valid name.
+            unsafe {
+                if libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) == 0 {
+                    libc::fchownat(
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        owner.0,
+                        owner.1,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    );
+                }
+            }
+            fd = open(&dir);
+        }
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            let why = match e.raw_os_error() {
+                Some(libc::ENOENT) if n + 1 == last => format!(
+                    "{} does not exist; in a live (rw) or read-only workspace a cache directory must exist on the host: mkdir -p {}",
+                    seen.display(),
+                    host_ws.join(rel).display()
+                ),
+                Some(libc::ENOENT) => format!(
+                    "{} does not exist in the sandbox's workspace; the directory a cache directory is in must exist",
+                    seen.display()
+                ),
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => format!(
+                    "{} is a symlink or a file inside the sandbox, not a directory; {fix}",
+                    seen.display()
+                ),
+                _ => format!("{}: {e}", seen.display()),
+            };
+            return Err(NsError::Setup(format!(
+                "cache directory {}: {why}",
+                rel.display()
+            )));
+        }
+        // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+        dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    Ok(())
 }
 
 /// `root` joined with absolute `p`.

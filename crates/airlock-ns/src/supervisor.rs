@@ -857,7 +857,7 @@ fn supervisor_main(
     let mut sigfd = match signal_fd() {
         Ok(s) => s,
         Err(e) => {
-            send_report(format!("E{e}").as_bytes());
+            send_report(format!("E{}", e.message()).as_bytes());
             return 1;
         }
     };
@@ -898,7 +898,7 @@ fn supervisor_main(
                     if let Some(cg) = &enforcement.cgroup {
                         cgroups::remove(cg);
                     }
-                    send_report(format!("E{e}").as_bytes());
+                    send_report(format!("E{}", e.message()).as_bytes());
                     return 1;
                 }
             }
@@ -908,7 +908,7 @@ fn supervisor_main(
     let mut booted = match boot(store, spec, seccomp, enforcement, main.as_ref(), &mounts) {
         Ok(b) => b,
         Err(e) => {
-            send_report(format!("E{e}").as_bytes());
+            send_report(format!("E{}", e.message()).as_bytes());
             return 1;
         }
     };

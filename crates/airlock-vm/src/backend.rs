@@ -265,6 +265,8 @@ fn jail_spec(spec: &SandboxSpec, memory_mib: u64) -> SandboxSpec {
     // A socket cannot cross into the guest (`--ssh-agent` is refused for VMs; never give it to
     // the VMM).
     j.ssh_agent = false;
+    // Cache directories are refused for VMs (`build_spec`); the jail never mounts any.
+    j.cache_dirs.clear();
     j.limits.memory_bytes = Some((memory_mib << 20) + VMM_OVERHEAD_BYTES);
     // QEMU's and virtiofsd's threads count as tasks; the guest's processes do not.
     j.limits.pids = Some(1024);

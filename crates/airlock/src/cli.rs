@@ -313,6 +313,13 @@ pub struct SandboxOpts {
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,
 
+    /// Keep a workspace subdirectory out of copy-on-write, for build outputs and dependency trees
+    /// (target, node_modules, .venv): the sandbox gets a directory of its own there, at native
+    /// file speed, kept across runs, never in diff/review/apply; what the host has there is
+    /// hidden inside. Repeatable. In rw and ro workspaces the directory must exist on the host
+    #[arg(long = "cache-dir", value_name = "PATH")]
+    pub cache_dir: Vec<PathBuf>,
+
     /// Publish a service started inside on the host: [HOST_IP:]HOST_PORT:SANDBOX_PORT (host IP default 127.0.0.1)
     #[arg(long = "publish", short = 'p', value_name = "[IP:]HOST:SANDBOX")]
     pub publish: Vec<String>,

@@ -83,35 +83,16 @@ fn templates_stack_are_read_only_and_survive_their_source() {
     }
 }
 
-fn git(env: &Env, args: &[&str]) -> String {
-    use std::os::unix::process::CommandExt;
-    let mut c = std::process::Command::new("git");
-    c.args(args)
-        .current_dir(&env.ws)
-        .env("HOME", &env.home)
-        .env("GIT_CONFIG_NOSYSTEM", "1");
-    if let Who::User { uid, gid, .. } = env.who {
-        c.uid(uid).gid(gid);
-    }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn clone_mode_keeps_the_host_repository_read_only_and_fetch_brings_commits_back() {
     for who in everyone() {
         let env = Env::new(&who);
-        git(&env, &["init", "-q", "-b", "main"]);
-        git(&env, &["config", "user.name", "Host User"]);
-        git(&env, &["config", "user.email", "host@example.test"]);
-        git(&env, &["add", "-A"]);
-        git(&env, &["commit", "-qm", "initial"]);
-        let host_head = git(&env, &["rev-parse", "HEAD"]);
+        env.git(&["init", "-q", "-b", "main"]);
+        env.git(&["config", "user.name", "Host User"]);
+        env.git(&["config", "user.email", "host@example.test"]);
+        env.git(&["add", "-A"]);
+        env.git(&["commit", "-qm", "initial"]);
+        let host_head = env.git(&["rev-parse", "HEAD"]);
         let name = unique("clone");
         let out = env.airlock(&["create", "--name", &name, "--workspace-mode", "clone"]);
         assert!(out.status.success());
@@ -134,7 +115,7 @@ fn clone_mode_keeps_the_host_repository_read_only_and_fetch_brings_commits_back(
         );
         assert!(o.contains("fetched-origin"));
         // The host is untouched until the user fetches.
-        assert_eq!(git(&env, &["rev-parse", "HEAD"]), host_head);
+        assert_eq!(env.git(&["rev-parse", "HEAD"]), host_head);
         assert_eq!(
             std::fs::read_to_string(env.path("README.md")).unwrap(),
             "hello from the host\n"
@@ -146,11 +127,8 @@ fn clone_mode_keeps_the_host_repository_read_only_and_fetch_brings_commits_back(
             .join(&name)
             .join("clone");
         let refspec = format!("+refs/heads/*:refs/remotes/airlock-{name}/*");
-        git(&env, &["fetch", "-q", clone.to_str().unwrap(), &refspec]);
-        let log = git(
-            &env,
-            &["log", "--format=%s %an", &format!("airlock-{name}/main")],
-        );
+        env.git(&["fetch", "-q", clone.to_str().unwrap(), &refspec]);
+        let log = env.git(&["log", "--format=%s %an", &format!("airlock-{name}/main")]);
         assert!(log.starts_with("agent change Host User"), "{log}");
         assert!(env.airlock(&["rm", "-f", &name]).status.success());
     }

@@ -137,6 +137,7 @@ fn default_sandbox(store: &Store) -> Result<SandboxSpec, Failure> {
         publish: vec![],
         template: None,
         ssh_agent: false,
+        cache_dir: vec![],
     };
     let spec = build_spec(
         format!("audit-{}", units::generate_name()),

@@ -94,6 +94,8 @@ struct Inspect<'a> {
     isolation: &'static str,
     workspace: &'a PathBuf,
     mode: &'static str,
+    /// Workspace subdirectories kept out of copy-on-write (`--cache-dir`), relative.
+    cache_dirs: &'a [PathBuf],
     user: &'a airlock_core::spec::SandboxUser,
     limits: &'a airlock_core::spec::Limits,
     limits_enforcement: Option<&'a str>,
@@ -160,6 +162,7 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
         isolation: spec.isolation.as_str(),
         workspace: &spec.workspace,
         mode: spec.mode.as_str(),
+        cache_dirs: &spec.cache_dirs,
         user: &spec.user,
         limits: &spec.limits,
         limits_enforcement: st.map(|s| s.limits_enforcement.as_str()),
@@ -192,6 +195,17 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
         info.workspace.display(),
         info.mode
     );
+    if !info.cache_dirs.is_empty() {
+        let dirs: Vec<String> = info
+            .cache_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        println!(
+            "  cache dirs    {} (the sandbox's own, not copy-on-write, never applied)",
+            dirs.join(", ")
+        );
+    }
     println!(
         "  isolation     {}{}",
         info.isolation,

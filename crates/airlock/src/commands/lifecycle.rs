@@ -212,6 +212,7 @@ pub fn placeholder_spec(workspace: PathBuf) -> SandboxSpec {
         credentials: vec![],
         ssh_agent: false,
         docker: false,
+        cache_dirs: vec![],
         ephemeral: true,
         created_at: 0,
     }
@@ -270,14 +271,18 @@ pub fn build_spec(
             "--docker needs --isolation vm: a Docker daemon needs its own kernel (the namespace tier never exposes the host's daemon)",
         ));
     }
+    let workspace = workspace(opts, store, &user.home)?;
+    let mode = match opts.workspace_mode {
+        ModeArg::Cow => WorkspaceMode::Cow,
+        ModeArg::Rw => WorkspaceMode::Rw,
+        ModeArg::Ro => WorkspaceMode::Ro,
+        ModeArg::Clone => WorkspaceMode::Clone,
+    };
+    let cache_dirs = cache_dirs(&opts.cache_dir, &workspace, mode, isolation)?;
     Ok(SandboxSpec {
-        workspace: workspace(opts, store, &user.home)?,
-        mode: match opts.workspace_mode {
-            ModeArg::Cow => WorkspaceMode::Cow,
-            ModeArg::Rw => WorkspaceMode::Rw,
-            ModeArg::Ro => WorkspaceMode::Ro,
-            ModeArg::Clone => WorkspaceMode::Clone,
-        },
+        workspace,
+        mode,
+        cache_dirs,
         isolation,
         limits: limits(opts)?,
         env: parse_env(&opts.env, &opts.env_file)?,
@@ -302,6 +307,125 @@ pub fn build_spec(
         created_at: now_secs(),
         name,
     })
+}
+
+/// `--cache-dir` paths as normalized workspace-relative paths, checked before anything is
+/// created: inside the workspace, none inside another, in a directory the workspace has, and
+/// where the host has something at the path it is a directory reached through directories (the
+/// sandbox checks again at every start, against its own view). Only the cache directory itself
+/// may be missing (and only in cow and clone workspaces, where the sandbox makes it in its own
+/// layer): nothing else of the layer is made for it, so review shows nothing of it.
+fn cache_dirs(
+    raw: &[PathBuf],
+    ws: &Path,
+    mode: WorkspaceMode,
+    isolation: Isolation,
+) -> Result<Vec<PathBuf>, Failure> {
+    if raw.is_empty() {
+        return Ok(vec![]);
+    }
+    if isolation == Isolation::Vm {
+        return Err(fail(
+            exit::USAGE,
+            "--cache-dir is not available with --isolation vm yet (the guest builds its workspace inside the VM); use the namespace tier, or build under /tmp inside the VM",
+        ));
+    }
+    let bad =
+        |p: &Path, why: String| fail(exit::USAGE, format!("--cache-dir {}: {why}", p.display()));
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in raw {
+        let rel = if p.is_absolute() {
+            p.strip_prefix(ws)
+                .map_err(|_| bad(p, format!("not inside the workspace {}", ws.display())))?
+                .to_path_buf()
+        } else {
+            p.clone()
+        };
+        let mut clean = PathBuf::new();
+        for c in rel.components() {
+            match c {
+                std::path::Component::Normal(n) => clean.push(n),
+                std::path::Component::CurDir => {}
+                _ => {
+                    return Err(bad(
+                        p,
+                        "must name a path inside the workspace, without `..`".into(),
+                    ));
+                }
+            }
+        }
+        if clean.as_os_str().is_empty() {
+            return Err(bad(
+                p,
+                "is the workspace itself; name a subdirectory of it, e.g. --cache-dir target"
+                    .into(),
+            ));
+        }
+        if clean.components().any(|c| c.as_os_str() == ".git") {
+            return Err(bad(
+                p,
+                "is in .git, the repository itself, which review and apply must see".into(),
+            ));
+        }
+        if let Some(o) = out
+            .iter()
+            .find(|o| o.starts_with(&clean) || clean.starts_with(o))
+        {
+            return Err(bad(
+                p,
+                format!(
+                    "overlaps --cache-dir {}; give each directory once, none inside another",
+                    o.display()
+                ),
+            ));
+        }
+        // What the host has on the way must be directories (the clone mode's workspace is the
+        // sandbox's own clone, checked at start).
+        if mode != WorkspaceMode::Clone {
+            let mut at = ws.to_path_buf();
+            for c in clean.components() {
+                at.push(c);
+                match std::fs::symlink_metadata(&at) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(bad(
+                            p,
+                            format!(
+                                "{} is a symlink or a file; a cache directory must be a directory",
+                                at.display()
+                            ),
+                        ));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        if at != ws.join(&clean) {
+                            return Err(bad(
+                                p,
+                                format!(
+                                    "{} does not exist; the directory a cache directory is in must exist in the workspace",
+                                    at.display()
+                                ),
+                            ));
+                        }
+                        if matches!(mode, WorkspaceMode::Rw | WorkspaceMode::Ro) {
+                            return Err(bad(
+                                p,
+                                format!(
+                                    "{} does not exist; in a {} workspace Airlock creates nothing on the host, so create it first (mkdir -p {}) or use the default cow mode",
+                                    at.display(),
+                                    mode.as_str(),
+                                    ws.join(&clean).display()
+                                ),
+                            ));
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(bad(p, format!("{}: {e}", at.display()))),
+                }
+            }
+        }
+        out.push(clean);
+    }
+    Ok(out)
 }
 
 pub fn create_sandbox(store: &Store, spec: &SandboxSpec, be: &dyn Backend) -> Result<(), Failure> {

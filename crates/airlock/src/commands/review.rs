@@ -141,6 +141,15 @@ fn load(name: &str) -> Result<(Store, SandboxSpec, PathBuf), Failure> {
     Ok((store, spec, upper))
 }
 
+/// The changes in the sandbox's workspace layer, without its cache directories (`--cache-dir`):
+/// their mount points, made in the layer where the host has no such directory, are not work to
+/// review or apply.
+fn scan(upper: &Path, spec: &SandboxSpec) -> Result<Vec<Change>, Failure> {
+    let mut changes = airlock_review::scan(upper, &spec.workspace)?;
+    changes.retain(|c| !spec.cache_dirs.iter().any(|d| c.path.starts_with(d)));
+    Ok(changes)
+}
+
 /// Take the lifecycle lock and make sure the sandbox is not running (its layers are mounted
 /// while it runs, and overlayfs layers must not change under a mount).
 fn lock_stopped(store: &Store, name: &str, what: &str) -> Result<SandboxLock, Failure> {
@@ -268,7 +277,7 @@ fn diff(a: DiffArgs) -> Result<i32, Failure> {
     let (_store, spec, upper) = load(&a.name)?;
     let paths = rel_paths(&a.paths, &spec.workspace)?;
     let changes: Vec<Change> = if spec.mode == WorkspaceMode::Cow {
-        airlock_review::scan(&upper, &spec.workspace)?
+        scan(&upper, &spec)?
             .into_iter()
             .filter(|c| paths.is_empty() || paths.iter().any(|p| c.path.starts_with(p)))
             .collect()
@@ -374,7 +383,7 @@ fn apply(a: ApplyArgs) -> Result<i32, Failure> {
     } else {
         lock_stopped(&store, &a.name, "apply")?
     };
-    let changes = airlock_review::scan(&upper, &spec.workspace)?;
+    let changes = scan(&upper, &spec)?;
     let selected = airlock_review::select(&changes, &paths);
     if !paths.is_empty() && selected.is_empty() {
         ui::note("no changes under the given paths");

@@ -227,6 +227,25 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `git ARGS` in the workspace, as this user, asserting success; returns trimmed stdout.
+    pub fn git(&self, args: &[&str]) -> String {
+        let mut c = Command::new("git");
+        c.args(args)
+            .current_dir(&self.ws)
+            .env("HOME", &self.home)
+            .env("GIT_CONFIG_NOSYSTEM", "1");
+        if let Who::User { uid, gid, .. } = self.who {
+            c.uid(uid).gid(gid);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.ws.join(rel)
     }

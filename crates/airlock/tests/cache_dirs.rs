@@ -1,0 +1,195 @@
+//! Cache directories (`--cache-dir`): workspace subdirectories that get a plain directory of the
+//! sandbox's own instead of the copy-on-write layer. Real sandboxes, as root and rootless.
+mod common;
+
+use common::*;
+
+/// The file system type of each path, as the sandbox sees it (`stat -f`).
+const FSTYPES: &str = "stat -f -c %T . target";
+
+/// A cache directory is the sandbox's own: not the overlay, kept across runs, not on the host,
+/// never in `diff`, gone with `rm`; what the host has at that path is hidden, not changed.
+#[test]
+fn a_cache_dir_is_the_sandboxs_own_directory_out_of_review() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        std::fs::create_dir_all(env.path("deps")).unwrap();
+        std::fs::write(env.path("deps/host.txt"), "the host's\n").unwrap();
+        env.chown_all();
+        let name = unique("cache");
+        let out = env.airlock(&[
+            "create",
+            "--name",
+            &name,
+            "--cache-dir",
+            "target",
+            "--cache-dir",
+            &env.path("deps").to_string_lossy(),
+        ]);
+        assert!(out.status.success());
+        let spec = inspect(&env, &name);
+        assert_eq!(
+            spec["cache_dirs"],
+            serde_json::json!(["target", "deps"]),
+            "{spec}"
+        );
+
+        let work = format!(
+            "set -e; {FSTYPES}; ls -A deps | wc -l; echo built > target/out; echo dep > deps/d; \
+             echo src > src/new.c; id -u; stat -c %u target deps"
+        );
+        let out = env.airlock(&["run", "--name", &name, "--", "sh", "-c", &work]);
+        assert!(out.status.success(), "[{}]", who.label());
+        let o = stdout(&out);
+        let lines: Vec<&str> = o.lines().collect();
+        assert_eq!(lines[0], "overlayfs", "the workspace is copy-on-write: {o}");
+        assert_ne!(lines[1], "overlayfs", "a cache directory is not: {o}");
+        assert_eq!(lines[2], "0", "the host's deps/ is hidden inside: {o}");
+        assert_eq!(
+            [lines[4], lines[5]],
+            [lines[3], lines[3]],
+            "the sandbox's user owns its cache directories: {o}"
+        );
+
+        // Kept across runs of the sandbox.
+        let out = env.airlock(&["run", "--name", &name, "--", "cat", "target/out", "deps/d"]);
+        assert_eq!(stdout(&out), "built\ndep\n");
+
+        // Nothing of it on the host; the host's own content is as it was.
+        assert!(!env.path("target").exists());
+        assert!(!env.path("deps/d").exists());
+        assert_eq!(
+            std::fs::read_to_string(env.path("deps/host.txt")).unwrap(),
+            "the host's\n"
+        );
+
+        // Review shows the source change only.
+        let out = env.airlock(&["diff", "--json", &name]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let paths: Vec<&str> = v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["src/new.c"], "{v}");
+
+        let dir = env.airlock_home.join("data/sandboxes").join(&name);
+        assert!(dir.join("caches/0/out").exists());
+        assert!(env.airlock(&["rm", "-f", &name]).status.success());
+        assert!(!dir.exists());
+
+        // A `--rm` sandbox's cache directory lives in memory with its other layers.
+        let out = env.airlock(&[
+            "run",
+            "--rm",
+            "--cache-dir",
+            "target",
+            "--",
+            "sh",
+            "-c",
+            "stat -f -c %T target; echo x > target/y",
+        ]);
+        assert_eq!(stdout(&out), "tmpfs\n", "[{}]", who.label());
+        assert!(!env.path("target").exists());
+    }
+}
+
+/// Bad `--cache-dir` values are refused before anything is created, each with what to do.
+#[test]
+fn bad_cache_dirs_are_refused_before_anything_is_created() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        std::fs::write(env.path("afile"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc", env.path("alink")).unwrap();
+        env.chown_all();
+        let outside = env.home.to_string_lossy().into_owned();
+        for (args, expect) in [
+            (vec!["--cache-dir", "../up"], "without `..`"),
+            (vec!["--cache-dir", "."], "the workspace itself"),
+            (
+                vec!["--cache-dir", outside.as_str()],
+                "not inside the workspace",
+            ),
+            (vec!["--cache-dir", ".git/x"], ".git"),
+            (
+                vec!["--cache-dir", "a", "--cache-dir", "a/b"],
+                "overlaps --cache-dir a",
+            ),
+            (vec!["--cache-dir", "missing/target"], "must exist"),
+            (vec!["--cache-dir", "afile"], "symlink or a file"),
+            (vec!["--cache-dir", "alink"], "symlink or a file"),
+            (
+                vec!["--workspace-mode", "rw", "--cache-dir", "target"],
+                "mkdir -p",
+            ),
+            (
+                vec!["--isolation", "vm", "--cache-dir", "target"],
+                "namespace tier",
+            ),
+        ] {
+            let mut a = vec!["create", "--name", "bad"];
+            a.extend(args.iter().copied());
+            let out = env.airlock(&a);
+            assert_eq!(out.status.code(), Some(2), "[{}] {args:?}", who.label());
+            assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
+        }
+        assert!(
+            !env.airlock_home.join("data/sandboxes/bad").exists(),
+            "nothing half-created"
+        );
+        assert!(!env.path("target").exists());
+    }
+}
+
+/// In a kept sandbox the agent chooses what is at a cache directory's path for the next start:
+/// a symlink there (here in a clone workspace, where the agent can rename the directory it is in)
+/// stops the start with what to do, instead of mounting the cache wherever the link points.
+#[test]
+fn a_symlink_left_at_a_cache_dir_stops_the_next_start() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        env.git(&["init", "-q", "-b", "main"]);
+        env.git(&["config", "user.name", "Host User"]);
+        env.git(&["config", "user.email", "host@example.test"]);
+        env.git(&["add", "-A"]);
+        env.git(&["commit", "-qm", "initial"]);
+        let name = unique("cachelink");
+        let out = env.airlock(&[
+            "create",
+            "--name",
+            &name,
+            "--workspace-mode",
+            "clone",
+            "--cache-dir",
+            "src/cache",
+        ]);
+        assert!(out.status.success());
+        let target = env.base.join("elsewhere");
+        std::fs::create_dir_all(&target).unwrap();
+        env.chown_all();
+        let attack = format!(
+            "set -e; echo c > src/cache/c; mv src src2; mkdir src; ln -s {} src/cache; ls -l src",
+            target.display()
+        );
+        let out = env.exec_sh(&name, &attack);
+        assert!(out.status.success(), "[{}]", who.label());
+        assert!(env.airlock(&["stop", &name]).status.success());
+        let out = env.airlock(&["start", &name]);
+        assert_ne!(out.status.code(), Some(0), "[{}]", who.label());
+        assert!(
+            stderr(&out).contains("cache directory src/cache")
+                && stderr(&out).contains("is a symlink or a file")
+                && stderr(&out).contains("(the sandbox's clone) on the host"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            std::fs::read_dir(&target).unwrap().count(),
+            0,
+            "nothing reached the symlink's target"
+        );
+        assert!(env.airlock(&["rm", "-f", &name]).status.success());
+    }
+}
