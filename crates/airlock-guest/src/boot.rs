@@ -268,6 +268,10 @@ pub fn setup(setup: &Setup, reaper: &Reaper) -> Result<String> {
         "the workspace",
     )?;
 
+    if !setup.cache_dirs.is_empty() {
+        mount_cache_dirs(root, setup)?;
+    }
+
     write_resolv_conf(root, &setup.net_resolver)?;
     let iface = crate::netcfg::configure(
         &setup.net_address,
@@ -432,6 +436,69 @@ fn start_docker(root: &Path, reaper: &Reaper) -> Result<()> {
 }
 
 /// Show the host share's `path` at the same path in the sandbox's root (read-only if asked).
+/// Cache directories (`--cache-dir`): directories of the sandbox disk's own over workspace
+/// subdirectories, at the guest's native file speed instead of through the file share, kept with
+/// the disk. Their mount points are never reached through a symlink (in a kept sandbox the agent
+/// chose what is there); the parent must exist, and only the directory itself is made, where
+/// `cache_create` allows it.
+fn mount_cache_dirs(root: &Path, setup: &Setup) -> Result<()> {
+    // One nosuid,nodev view of the disk's cache area: binds of its subdirectories keep its flags.
+    let area = "/disk/caches";
+    fs::create_dir_all(area).context(|| format!("create {area}"))?;
+    fs::create_dir_all("/caches").context(|| "create /caches".into())?;
+    mount(area, "/caches", "", libc::MS_BIND, "")?;
+    let safe = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+    mount("", "/caches", "", safe, "")?;
+    let (uid, gid) = setup.cache_owner;
+    for (i, path) in setup.cache_dirs.iter().enumerate() {
+        let store = format!("/caches/{i}");
+        fs::create_dir_all(&store).context(|| format!("create {store}"))?;
+        let store_c = sys::cstring(&store, "a path")?;
+        // SAFETY: chown of a directory we just made, NUL-terminated path.
+        check(unsafe { libc::chown(store_c.as_ptr(), uid, gid) })
+            .context(|| format!("give {store} to the sandbox's user"))?;
+        let shown = format!("{NEWROOT}{path}");
+        let refuse = |why: &str| GuestError::Refused(format!("cache directory {path}: {why}"));
+        let target = match sys::open_dir_in_root_no_symlinks(root, path) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && setup.cache_create => {
+                let p = Path::new(path);
+                let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+                    return Err(refuse("not a subdirectory of the workspace"));
+                };
+                let parent = sys::open_dir_in_root_no_symlinks(root, &parent.to_string_lossy())
+                    .map_err(|e| refuse(&format!("the directory it is in cannot be opened: {e}")))?;
+                let name_c = sys::cstring(&name.to_string_lossy(), "a path")?;
+                // SAFETY: a valid directory descriptor and a NUL-terminated single name.
+                unsafe {
+                    if libc::mkdirat(parent.as_raw_fd(), name_c.as_ptr(), 0o755) == 0 {
+                        libc::fchownat(
+                            parent.as_raw_fd(),
+                            name_c.as_ptr(),
+                            uid,
+                            gid,
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        );
+                    }
+                }
+                sys::open_dir_in_root_no_symlinks(root, path)
+            }
+            other => other,
+        }
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => refuse(
+                "a symlink or a file is on its path inside the sandbox; `airlock reset SANDBOX` discards the sandbox's changes to the workspace",
+            ),
+            Some(libc::ENOENT) => refuse(
+                "it does not exist; in a live (rw) or read-only workspace it must exist on the host",
+            ),
+            _ => refuse(&e.to_string()),
+        })?;
+        sys::mount(&store, &fd_path(&target), "", libc::MS_BIND, "")
+            .context(|| format!("bind a cache directory at {shown}"))?;
+    }
+    Ok(())
+}
+
 fn bind_from_host(root: &Path, path: &str, readonly: bool, what: &str) -> Result<()> {
     let source = sys::open_in_root(
         Path::new("/host"),

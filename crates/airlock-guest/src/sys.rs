@@ -144,6 +144,35 @@ pub fn process_count() -> u32 {
 /// included) resolve inside it, as if the caller were chrooted there. `openat2(RESOLVE_IN_ROOT)`
 /// does it; kernels older than 5.6 get the same from a forked child that really chroots.
 pub fn open_in_root(root: &Path, path: &str, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    openat2_in_root(
+        root,
+        path,
+        flags,
+        mode,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// The directory `path` inside `root` (as [`open_in_root`]), refusing with `ELOOP` any symlink
+/// on the way: for mount points that must be exactly the path named. Needs `openat2` (Linux
+/// 5.6; the guest kernels are newer).
+pub fn open_dir_in_root_no_symlinks(root: &Path, path: &str) -> io::Result<OwnedFd> {
+    openat2_in_root(
+        root,
+        path,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS,
+    )
+}
+
+fn openat2_in_root(
+    root: &Path,
+    path: &str,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let path = if path.is_empty() { "/" } else { path };
     let path_c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let root_dir = std::fs::File::open(root)?;
@@ -155,7 +184,7 @@ pub fn open_in_root(root: &Path, path: &str, flags: libc::c_int, mode: u32) -> i
     } else {
         0
     };
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = resolve;
     for _ in 0..64 {
         // SAFETY: a valid dirfd, a NUL-terminated path and an open_how of the size we pass.
         let fd = unsafe {
@@ -175,7 +204,10 @@ pub fn open_in_root(root: &Path, path: &str, flags: libc::c_int, mode: u32) -> i
         match e.raw_os_error() {
             // A concurrent rename somewhere: the kernel asks us to retry.
             Some(libc::EAGAIN | libc::EINTR) => continue,
-            Some(libc::ENOSYS) => return open_in_root_by_chroot(root, &path_c, flags, mode),
+            // The fallback follows symlinks: only for the lookups that allow them.
+            Some(libc::ENOSYS) if resolve & libc::RESOLVE_NO_SYMLINKS == 0 => {
+                return open_in_root_by_chroot(root, &path_c, flags, mode);
+            }
             _ => return Err(e),
         }
     }

@@ -615,6 +615,9 @@ fn setup_is_refused_outside_the_vm_and_unknown_frames_are_answered() {
             net_gateway: String::new(),
             net_resolver: String::new(),
             time_unix_ms: 0,
+            cache_dirs: vec![],
+            cache_owner: (0, 0),
+            cache_create: false,
         }),
     );
     assert!(matches!(agent.recv(CONTROL), Message::Error(e) if e.contains("not PID 1")));

@@ -90,6 +90,19 @@ pub struct Setup {
     pub net_resolver: String,
     /// Unix time on the host, to set the guest clock (no RTC trust needed).
     pub time_unix_ms: u64,
+    /// Workspace subdirectories (absolute) that get a directory of the sandbox disk's own
+    /// instead of the workspace share (`--cache-dir`): the guest's native file speed, never in
+    /// the workspace's layer.
+    #[serde(default)]
+    pub cache_dirs: Vec<String>,
+    /// Owner (uid, gid) of the cache directories: the sandbox's user.
+    #[serde(default)]
+    pub cache_owner: (u32, u32),
+    /// Make a missing cache directory (in its parent, which must exist): only where the
+    /// workspace is the sandbox's own (copy-on-write or a clone), never in a live or read-only
+    /// host workspace.
+    #[serde(default)]
+    pub cache_create: bool,
 }
 
 /// A command to run in the guest.

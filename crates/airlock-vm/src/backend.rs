@@ -265,7 +265,8 @@ fn jail_spec(spec: &SandboxSpec, memory_mib: u64) -> SandboxSpec {
     // A socket cannot cross into the guest (`--ssh-agent` is refused for VMs; never give it to
     // the VMM).
     j.ssh_agent = false;
-    // Cache directories are refused for VMs (`build_spec`); the jail never mounts any.
+    // The guest mounts the cache directories from its own disk (`Setup::cache_dirs`); the jail
+    // serves the workspace without them.
     j.cache_dirs.clear();
     j.limits.memory_bytes = Some((memory_mib << 20) + VMM_OVERHEAD_BYTES);
     // QEMU's and virtiofsd's threads count as tasks; the guest's processes do not.
@@ -412,6 +413,13 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
+        cache_dirs: spec
+            .cache_dirs
+            .iter()
+            .map(|d| spec.workspace.join(d).display().to_string())
+            .collect(),
+        cache_owner: (spec.user.uid, spec.user.gid),
+        cache_create: matches!(spec.mode, WorkspaceMode::Cow | WorkspaceMode::Clone),
     };
     let agent_sock = vmdir.join("agent.sock");
     let control = control_socket(store, &spec.name);

@@ -124,10 +124,6 @@ fn bad_cache_dirs_are_refused_before_anything_is_created() {
                 vec!["--workspace-mode", "rw", "--cache-dir", "target"],
                 "mkdir -p",
             ),
-            (
-                vec!["--isolation", "vm", "--cache-dir", "target"],
-                "namespace tier",
-            ),
         ] {
             let mut a = vec!["create", "--name", "bad"];
             a.extend(args.iter().copied());

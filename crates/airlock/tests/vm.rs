@@ -104,11 +104,28 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
     for who in everyone() {
         let env = vm_env(&who);
         let name = unique("vm");
-        let out = env.airlock(&["create", "--isolation", "vm", "--name", &name]);
+        let out = env.airlock(&[
+            "create",
+            "--isolation",
+            "vm",
+            "--name",
+            &name,
+            "--cache-dir",
+            "target",
+        ]);
         assert!(out.status.success(), "[{}] create", who.label());
-        let out = env.exec_sh(&name, "echo changed > README.md && echo new > made-in-vm.txt && mkdir -p ~/.cache && echo warm > ~/.cache/x && cat README.md");
+        let out = env.exec_sh(&name, "echo changed > README.md && echo new > made-in-vm.txt && mkdir -p ~/.cache && echo warm > ~/.cache/x && cat README.md \
+             && echo built > target/o && stat -f -c %T . target && stat -c %u target && id -u");
         assert!(out.status.success(), "[{}] exec", who.label());
-        assert_eq!(stdout(&out), "changed\n");
+        let o = stdout(&out);
+        let lines: Vec<&str> = o.lines().collect();
+        assert_eq!(lines[0], "changed");
+        // The workspace comes through the file share; the cache directory is the guest disk's
+        // own (ext4), owned by the sandbox's user.
+        assert_ne!(lines[1], lines[2], "{o}");
+        assert_eq!(lines[2], "ext2/ext3", "{o}");
+        assert_eq!(lines[3], lines[4], "{o}");
+        assert!(!env.path("target").exists());
         // The host's workspace is untouched; the change is in the sandbox's layer.
         assert_eq!(
             std::fs::read_to_string(env.path("README.md")).unwrap(),
@@ -120,6 +137,11 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
         assert!(
             stdout(&diff).contains("made-in-vm.txt"),
             "diff shows the new file"
+        );
+        assert!(
+            !stdout(&diff).contains("target"),
+            "diff shows nothing of the cache directory: {}",
+            stdout(&diff)
         );
 
         // The guest's root can install into the system directories: the write lands on the
@@ -142,10 +164,10 @@ fn a_vm_sandbox_is_copy_on_write_persists_across_stop_start_and_rm_leaves_nothin
         assert_eq!(inspect(&env, &name)["state"], "stopped");
         let out = env.exec_sh(
             &name,
-            "cat made-in-vm.txt ~/.cache/x /usr/local/share/airlock-vm-test",
+            "cat made-in-vm.txt ~/.cache/x /usr/local/share/airlock-vm-test target/o",
         );
         assert!(out.status.success(), "[{}] exec after stop", who.label());
-        assert_eq!(stdout(&out), "new\nwarm\ninstalled\n");
+        assert_eq!(stdout(&out), "new\nwarm\ninstalled\nbuilt\n");
 
         // Stdin streams through the guest's flow-control window: 6 MB in, counted inside.
         let big = env.base.join("stdin.bin");

@@ -278,7 +278,7 @@ pub fn build_spec(
         ModeArg::Ro => WorkspaceMode::Ro,
         ModeArg::Clone => WorkspaceMode::Clone,
     };
-    let cache_dirs = cache_dirs(&opts.cache_dir, &workspace, mode, isolation)?;
+    let cache_dirs = cache_dirs(&opts.cache_dir, &workspace, mode)?;
     Ok(SandboxSpec {
         workspace,
         mode,
@@ -315,20 +315,9 @@ pub fn build_spec(
 /// sandbox checks again at every start, against its own view). Only the cache directory itself
 /// may be missing (and only in cow and clone workspaces, where the sandbox makes it in its own
 /// layer): nothing else of the layer is made for it, so review shows nothing of it.
-fn cache_dirs(
-    raw: &[PathBuf],
-    ws: &Path,
-    mode: WorkspaceMode,
-    isolation: Isolation,
-) -> Result<Vec<PathBuf>, Failure> {
+fn cache_dirs(raw: &[PathBuf], ws: &Path, mode: WorkspaceMode) -> Result<Vec<PathBuf>, Failure> {
     if raw.is_empty() {
         return Ok(vec![]);
-    }
-    if isolation == Isolation::Vm {
-        return Err(fail(
-            exit::USAGE,
-            "--cache-dir is not available with --isolation vm yet (the guest builds its workspace inside the VM); use the namespace tier, or build under /tmp inside the VM",
-        ));
     }
     let bad =
         |p: &Path, why: String| fail(exit::USAGE, format!("--cache-dir {}: {why}", p.display()));
