@@ -15,18 +15,21 @@ fn a_cache_dir_is_the_sandboxs_own_directory_out_of_review() {
         let env = Env::new(&who);
         std::fs::create_dir_all(env.path("deps")).unwrap();
         std::fs::write(env.path("deps/host.txt"), "the host's\n").unwrap();
+        // One from the project's file (named on stderr), one from the flag, one given by both.
+        std::fs::write(
+            env.path("airlock.toml"),
+            "[workspace]\ncache_dirs = [\"target\", \"deps\"]\n",
+        )
+        .unwrap();
         env.chown_all();
         let name = unique("cache");
-        let out = env.airlock(&[
-            "create",
-            "--name",
-            &name,
-            "--cache-dir",
-            "target",
-            "--cache-dir",
-            &env.path("deps").to_string_lossy(),
-        ]);
+        let out = env.airlock(&["create", "--name", &name, "--cache-dir", "target"]);
         assert!(out.status.success());
+        assert!(
+            stderr(&out).contains("cache directories from") && stderr(&out).contains("deps"),
+            "{}",
+            stderr(&out)
+        );
         let spec = inspect(&env, &name);
         assert_eq!(
             spec["cache_dirs"],
@@ -81,11 +84,12 @@ fn a_cache_dir_is_the_sandboxs_own_directory_out_of_review() {
         assert!(!dir.exists());
 
         // A `--rm` sandbox's cache directory lives in memory with its other layers.
+        std::fs::remove_file(env.path("airlock.toml")).unwrap();
         let out = env.airlock(&[
             "run",
             "--rm",
             "--cache-dir",
-            "target",
+            &env.path("target").to_string_lossy(),
             "--",
             "sh",
             "-c",
@@ -131,6 +135,18 @@ fn bad_cache_dirs_are_refused_before_anything_is_created() {
             assert_eq!(out.status.code(), Some(2), "[{}] {args:?}", who.label());
             assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
         }
+        std::fs::write(
+            env.path("airlock.toml"),
+            "[workspace]\ncache_dirs = \"target\"\n",
+        )
+        .unwrap();
+        let out = env.airlock(&["create", "--name", "bad"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr(&out).contains("must be a list of paths"),
+            "{}",
+            stderr(&out)
+        );
         assert!(
             !env.airlock_home.join("data/sandboxes/bad").exists(),
             "nothing half-created"

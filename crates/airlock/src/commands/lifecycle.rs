@@ -278,7 +278,9 @@ pub fn build_spec(
         ModeArg::Ro => WorkspaceMode::Ro,
         ModeArg::Clone => WorkspaceMode::Clone,
     };
-    let cache_dirs = cache_dirs(&opts.cache_dir, &workspace, mode)?;
+    let mut wanted = opts.cache_dir.clone();
+    wanted.extend(project_cache_dirs(&workspace)?);
+    let cache_dirs = cache_dirs(&wanted, &workspace, mode)?;
     Ok(SandboxSpec {
         workspace,
         mode,
@@ -307,6 +309,53 @@ pub fn build_spec(
         created_at: now_secs(),
         name,
     })
+}
+
+/// `cache_dirs` of the `[workspace]` table in the project's `airlock.toml`, e.g.
+/// `cache_dirs = ["target", "node_modules"]`, named on stderr when there are any. Honoured
+/// without `airlock trust`: a cache directory changes nothing of the host and opens nothing; at
+/// worst it keeps what the agent writes there out of review, which the note and `inspect` show.
+fn project_cache_dirs(ws: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let path = ws.join("airlock.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => {
+            return Err(fail(
+                exit::USAGE,
+                format!("{}: cannot read it: {e}", path.display()),
+            ));
+        }
+    };
+    let bad = |why: String| fail(exit::USAGE, format!("{}: {why}", path.display()));
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| bad(format!("not valid TOML: {e}")))?;
+    let Some(list) = table
+        .get("workspace")
+        .and_then(|w| w.as_table())
+        .and_then(|w| w.get("cache_dirs"))
+    else {
+        return Ok(vec![]);
+    };
+    let dirs: Vec<PathBuf> = list
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|v| v.as_str().map(PathBuf::from))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| {
+            bad("[workspace] cache_dirs must be a list of paths, e.g. [\"target\"]".into())
+        })?;
+    if !dirs.is_empty() {
+        let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        ui::note(&format!(
+            "cache directories from {}: {} (kept out of copy-on-write and review)",
+            path.display(),
+            shown.join(", ")
+        ));
+    }
+    Ok(dirs)
 }
 
 /// `--cache-dir` paths as normalized workspace-relative paths, checked before anything is
@@ -355,6 +404,10 @@ fn cache_dirs(raw: &[PathBuf], ws: &Path, mode: WorkspaceMode) -> Result<Vec<Pat
                 p,
                 "is in .git, the repository itself, which review and apply must see".into(),
             ));
+        }
+        if out.contains(&clean) {
+            // Given twice (a flag and the project file): once is enough.
+            continue;
         }
         if let Some(o) = out
             .iter()
