@@ -78,6 +78,25 @@ fn a_cache_dir_is_the_sandboxs_own_directory_out_of_review() {
             .collect();
         assert_eq!(paths, ["src/new.c"], "{v}");
 
+        // `airlock cp` reaches into a cache directory both ways.
+        let out_file = env.base.join("out.txt");
+        let src = format!("{name}:target/out");
+        assert!(
+            env.airlock(&["cp", &src, &out_file.to_string_lossy()])
+                .status
+                .success()
+        );
+        assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "built\n");
+        let dst = format!("{name}:deps/from-host");
+        assert!(
+            env.airlock(&["cp", &out_file.to_string_lossy(), &dst])
+                .status
+                .success()
+        );
+        let out = env.airlock(&["run", "--name", &name, "--", "cat", "deps/from-host"]);
+        assert_eq!(stdout(&out), "built\n");
+        assert!(!env.path("deps/from-host").exists());
+
         let dir = env.airlock_home.join("data/sandboxes").join(&name);
         assert!(dir.join("caches/0/out").exists());
         assert!(env.airlock(&["rm", "-f", &name]).status.success());

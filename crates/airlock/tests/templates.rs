@@ -121,6 +121,34 @@ fn clone_mode_keeps_the_host_repository_read_only_and_fetch_brings_commits_back(
             "hello from the host\n"
         );
         assert!(!env.path(".git/hooks/evil").exists());
+        // `airlock cp` works on the sandbox's clone, never on the host's repository.
+        let host_file = env.base.join("note.txt");
+        std::fs::write(&host_file, "from the host\n").unwrap();
+        env.chown_all();
+        let dst = format!("{name}:note.txt");
+        assert!(
+            env.airlock(&["cp", &host_file.to_string_lossy(), &dst])
+                .status
+                .success()
+        );
+        assert!(
+            !env.path("note.txt").exists(),
+            "cp into a clone sandbox wrote to the host"
+        );
+        let out = env.exec_sh(&name, "cat note.txt");
+        assert_eq!(stdout(&out), "from the host\n");
+        let back = env.base.join("readme-out");
+        let src = format!("{name}:README.md");
+        assert!(
+            env.airlock(&["cp", &src, &back.to_string_lossy()])
+                .status
+                .success()
+        );
+        assert_eq!(
+            std::fs::read_to_string(&back).unwrap(),
+            "hello from the host\nagent\n",
+            "cp out of a clone sandbox reads its clone"
+        );
         let clone = env
             .airlock_home
             .join("data/sandboxes")

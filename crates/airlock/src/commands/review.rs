@@ -537,6 +537,16 @@ fn sandbox_path(
     };
     if let Ok(rel) = p.strip_prefix(&spec.workspace) {
         let rel = check(rel)?;
+        // A cache directory is the sandbox's own plain directory, whatever the workspace mode.
+        for (i, dir) in spec.cache_dirs.iter().enumerate() {
+            if let Ok(inside) = rel.strip_prefix(dir) {
+                return Ok((
+                    View::Plain(layers.cache_dir(i)),
+                    inside.to_path_buf(),
+                    false,
+                ));
+            }
+        }
         return Ok(match spec.mode {
             WorkspaceMode::Cow => (
                 View::Overlay {
@@ -546,7 +556,11 @@ fn sandbox_path(
                 rel,
                 true,
             ),
-            _ => (View::Plain(spec.workspace.clone()), rel, false),
+            // The sandbox's own clone, never the host's repository.
+            WorkspaceMode::Clone => (View::Plain(layers.clone_dir()), rel, false),
+            WorkspaceMode::Rw | WorkspaceMode::Ro => {
+                (View::Plain(spec.workspace.clone()), rel, false)
+            }
         });
     }
     if let Ok(rel) = p.strip_prefix(home) {
