@@ -181,11 +181,7 @@ fn bad_cache_dirs_are_refused_before_anything_is_created() {
 fn a_symlink_left_at_a_cache_dir_stops_the_next_start() {
     for who in everyone() {
         let env = Env::new(&who);
-        env.git(&["init", "-q", "-b", "main"]);
-        env.git(&["config", "user.name", "Host User"]);
-        env.git(&["config", "user.email", "host@example.test"]);
-        env.git(&["add", "-A"]);
-        env.git(&["commit", "-qm", "initial"]);
+        env.commit_all();
         let name = unique("cachelink");
         let out = env.airlock(&[
             "create",

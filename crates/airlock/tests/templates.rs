@@ -87,11 +87,7 @@ fn templates_stack_are_read_only_and_survive_their_source() {
 fn clone_mode_keeps_the_host_repository_read_only_and_fetch_brings_commits_back() {
     for who in everyone() {
         let env = Env::new(&who);
-        env.git(&["init", "-q", "-b", "main"]);
-        env.git(&["config", "user.name", "Host User"]);
-        env.git(&["config", "user.email", "host@example.test"]);
-        env.git(&["add", "-A"]);
-        env.git(&["commit", "-qm", "initial"]);
+        env.commit_all();
         let host_head = env.git(&["rev-parse", "HEAD"]);
         let name = unique("clone");
         let out = env.airlock(&["create", "--name", &name, "--workspace-mode", "clone"]);

@@ -246,6 +246,16 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Make the workspace a git repository (branch `main`, identity "Host User") holding one
+    /// commit of everything in it.
+    pub fn commit_all(&self) {
+        self.git(&["init", "-q", "-b", "main"]);
+        self.git(&["config", "user.name", "Host User"]);
+        self.git(&["config", "user.email", "host@example.test"]);
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-qm", "initial"]);
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.ws.join(rel)
     }
