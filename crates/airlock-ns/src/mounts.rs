@@ -632,36 +632,50 @@ impl MountPlan {
                 // home made in memory; where it fails, the creator already is that user).
                 unsafe { libc::chown(c.as_ptr(), self.home_owner.0, self.home_owner.1) };
             }
-            // Made where missing only where that changes nothing of the host (in the copy-on-
-            // write layer or the sandbox's clone), never in a live or read-only workspace.
-            let create = matches!(self.mode, WorkspaceMode::Cow | WorkspaceMode::Clone);
-            let fix = match self.mode {
-                WorkspaceMode::Cow => {
-                    "`airlock reset SANDBOX` discards the sandbox's changes to the workspace"
-                        .to_string()
-                }
-                WorkspaceMode::Clone => format!(
-                    "remove {} (the sandbox's clone) on the host, or recreate the sandbox",
-                    self.layers.clone_dir().join(rel).display()
-                ),
-                WorkspaceMode::Rw | WorkspaceMode::Ro => {
-                    "this is the host's own workspace: make it a directory there".to_string()
-                }
-            };
-            check_cache_dir_path(&ws, &self.workspace, rel, create, self.home_owner, &fix)?;
-            let target = ws.join(rel);
-            bind(&store, &target, false)?;
-            // Like the workspace's own mount: no set-id programs, no device nodes.
+            // Like the workspace's own mount: no set-id programs, no device nodes. The store
+            // (the sandbox's own, out of the agent's reach) becomes a mount with those flags,
+            // and the bind onto the workspace path carries them: the path the agent shaped is
+            // touched once, through the descriptor that was checked.
+            bind(&store, &store, false)?;
             mount(
                 None,
-                &target,
+                &store,
                 None,
                 libc::MS_REMOUNT
                     | libc::MS_BIND
                     | libc::MS_NOSUID
                     | libc::MS_NODEV
-                    | locked_flags(&target),
+                    | locked_flags(&store),
                 None,
+            )?;
+            // Made where missing only where that changes nothing of the host: the directory
+            // itself in the copy-on-write layer (nothing else, so the layer holds nothing made
+            // for it), any of the path in the sandbox's own clone; nothing in a live or
+            // read-only workspace.
+            let create = match self.mode {
+                WorkspaceMode::Cow => CreateMissing::Last,
+                WorkspaceMode::Clone => CreateMissing::All,
+                WorkspaceMode::Rw | WorkspaceMode::Ro => CreateMissing::None,
+            };
+            let fix = |at: &Path| match self.mode {
+                WorkspaceMode::Cow => format!(
+                    "if the host's workspace has it so too, make it a directory there; else `airlock diff` and `airlock apply` what you want to keep, then `airlock reset SANDBOX` discards the sandbox's changes to the workspace, {} included",
+                    at.display()
+                ),
+                WorkspaceMode::Clone => format!(
+                    "it is {} in the sandbox's clone on the host: remove that entry with `rm` (not `rm -r`: a symlink there may point at your files), or recreate the sandbox",
+                    self.layers.clone_dir().join(at).display()
+                ),
+                WorkspaceMode::Rw | WorkspaceMode::Ro => {
+                    "this is the host's own workspace: make it a directory there".to_string()
+                }
+            };
+            let target =
+                open_cache_dir_path(&ws, &self.workspace, rel, create, self.home_owner, &fix)?;
+            bind(
+                &store,
+                Path::new(&format!("/proc/self/fd/{}", target.as_raw_fd())),
+                false,
             )?;
         }
 
@@ -1118,79 +1132,93 @@ fn show_file_at(r: &Path, path: &Path, src: &Path) -> Result<()> {
     bind(src, &target, true)
 }
 
-/// Check that workspace subdirectory `rel` of `ws` (the workspace mounted inside the new root; the
-/// host path `host_ws` and `fix`, what the user can do about a symlink, are for messages) is a directory reached through directories only, making
-/// its last component (owned by `owner`) if it is missing and `create`. No component may be a symlink: in a kept
-/// sandbox the agent chose what is there, and a cache directory must not be mounted anywhere
-/// else. Nothing of the sandbox runs while its filesystem is built, so the path checked is the
-/// path mounted on.
-fn check_cache_dir_path(
+/// Which missing components of a cache directory's path [`open_cache_dir_path`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CreateMissing {
+    None,
+    Last,
+    All,
+}
+
+/// Open workspace subdirectory `rel` of `ws` (the workspace mounted inside the new root) for a
+/// cache directory to be mounted on, through directories only, making the missing components
+/// `create` allows (owned by `owner`). No component may be a symlink: in a kept sandbox the
+/// agent chose what is there, and a cache directory must not be mounted anywhere else; the
+/// caller mounts on the returned descriptor, so the path is looked up once. `host_ws` and `fix`
+/// (what the user can do about a symlink or a file at the given workspace-relative path) are for
+/// messages.
+fn open_cache_dir_path(
     ws: &Path,
     host_ws: &Path,
     rel: &Path,
-    create: bool,
+    create: CreateMissing,
     owner: (u32, u32),
-    fix: &str,
-) -> Result<()> {
+    fix: &dyn Fn(&Path) -> String,
+) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::{FromRawFd, OwnedFd};
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let mut dir = open_path(ws)?;
-    let mut seen = host_ws.to_path_buf();
+    let mut seen = PathBuf::new();
     let last = rel.components().count();
+    let fail = |why: String| NsError::Setup(format!("cache directory {}: {why}", rel.display()));
     for (n, c) in rel.components().enumerate() {
         seen.push(c);
+        let is_last = n + 1 == last;
         let name = cstr(Path::new(c.as_os_str()))?;
         let open = |d: &OwnedFd| {
             // SAFETY: openat on a directory descriptor we own with a valid NUL-terminated name.
             unsafe { libc::openat(d.as_raw_fd(), name.as_ptr(), flags) }
         };
         let mut fd = open(&dir);
-        if fd < 0
-            && create
-            && n + 1 == last
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
-        {
+        let missing =
+            fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
+        if missing && (create == CreateMissing::All || (create == CreateMissing::Last && is_last)) {
             // SAFETY: mkdirat/fchownat on a directory descriptor we own, valid name.
-            unsafe {
-                if libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) == 0 {
-                    libc::fchownat(
-                        dir.as_raw_fd(),
-                        name.as_ptr(),
-                        owner.0,
-                        owner.1,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    );
-                }
+            let made = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+            if made != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(fail(format!(
+                    "making {} in the sandbox's workspace: {e}",
+                    host_ws.join(&seen).display()
+                )));
             }
+            // SAFETY: as above; the directory was just made by us.
+            unsafe {
+                libc::fchownat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    owner.0,
+                    owner.1,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
             fd = open(&dir);
         }
         if fd < 0 {
             let e = std::io::Error::last_os_error();
-            let why = match e.raw_os_error() {
-                Some(libc::ENOENT) if n + 1 == last => format!(
+            let shown = host_ws.join(&seen);
+            return Err(fail(match e.raw_os_error() {
+                Some(libc::ENOENT) if is_last => format!(
                     "{} does not exist; in a live (rw) or read-only workspace a cache directory must exist on the host: mkdir -p {}",
-                    seen.display(),
+                    shown.display(),
                     host_ws.join(rel).display()
                 ),
                 Some(libc::ENOENT) => format!(
-                    "{} does not exist in the sandbox's workspace; the directory a cache directory is in must exist",
-                    seen.display()
+                    "{} does not exist in the sandbox's workspace; the directory a cache directory is in must exist: make it on the host",
+                    shown.display()
                 ),
                 Some(libc::ELOOP) | Some(libc::ENOTDIR) => format!(
-                    "{} is a symlink or a file inside the sandbox, not a directory; {fix}",
-                    seen.display()
+                    "{} is a symlink or a file inside the sandbox, not a directory; {}",
+                    shown.display(),
+                    fix(&seen)
                 ),
-                _ => format!("{}: {e}", seen.display()),
-            };
-            return Err(NsError::Setup(format!(
-                "cache directory {}: {why}",
-                rel.display()
-            )));
+                _ => format!("{}: {e}", shown.display()),
+            }));
         }
         // SAFETY: `fd` was just returned by openat and is owned by nothing else.
         dir = unsafe { OwnedFd::from_raw_fd(fd) };
     }
-    Ok(())
+    Ok(dir)
 }
 
 /// `root` joined with absolute `p`.

@@ -54,6 +54,21 @@ fn a_cache_dir_is_the_sandboxs_own_directory_out_of_review() {
             "the sandbox's user owns its cache directories: {o}"
         );
 
+        // Mounted like the workspace: no set-id programs, no device nodes.
+        let out = env.airlock(&["run", "--name", &name, "--", "cat", "/proc/self/mountinfo"]);
+        let ws_target = env.path("target");
+        let line = stdout(&out)
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(ws_target.to_str().unwrap()))
+            .map(str::to_string)
+            .unwrap_or_default();
+        let opts = line.split(' ').nth(5).unwrap_or_default();
+        assert!(
+            opts.contains("nosuid") && opts.contains("nodev"),
+            "[{}] {line}",
+            who.label()
+        );
+
         // Kept across runs of the sandbox.
         let out = env.airlock(&["run", "--name", &name, "--", "cat", "target/out", "deps/d"]);
         assert_eq!(stdout(&out), "built\ndep\n");
@@ -208,7 +223,8 @@ fn a_symlink_left_at_a_cache_dir_stops_the_next_start() {
         assert!(
             stderr(&out).contains("cache directory src/cache")
                 && stderr(&out).contains("is a symlink or a file")
-                && stderr(&out).contains("(the sandbox's clone) on the host"),
+                && stderr(&out).contains("in the sandbox's clone on the host")
+                && stderr(&out).contains("not `rm -r`"),
             "{}",
             stderr(&out)
         );
