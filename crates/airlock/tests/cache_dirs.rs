@@ -236,3 +236,44 @@ fn a_symlink_left_at_a_cache_dir_stops_the_next_start() {
         assert!(env.airlock(&["rm", "-f", &name]).status.success());
     }
 }
+
+/// `airlock cp` into a cache directory works before the first start and in a read-only
+/// workspace (the cache directory is writable there), and a whole cache directory copied out
+/// into a directory keeps its name.
+#[test]
+fn cp_reaches_a_cache_dir_before_the_first_start_and_in_a_read_only_workspace() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        std::fs::create_dir_all(env.path("target")).unwrap();
+        let file = env.base.join("in.txt");
+        std::fs::write(&file, "copied in\n").unwrap();
+        let outdir = env.base.join("outdir");
+        std::fs::create_dir_all(&outdir).unwrap();
+        env.chown_all();
+        let name = unique("cachecp");
+        let out = env.airlock(&[
+            "create",
+            "--name",
+            &name,
+            "--workspace-mode",
+            "ro",
+            "--cache-dir",
+            "target",
+        ]);
+        assert!(out.status.success());
+        let dst = format!("{name}:target/in.txt");
+        let out = env.airlock(&["cp", &file.to_string_lossy(), &dst]);
+        assert!(out.status.success(), "[{}] cp in", who.label());
+        let out = env.airlock(&["run", "--name", &name, "--", "cat", "target/in.txt"]);
+        assert_eq!(stdout(&out), "copied in\n", "[{}]", who.label());
+        assert!(!env.path("target/in.txt").exists(), "nothing on the host");
+        let src = format!("{name}:target");
+        let out = env.airlock(&["cp", &src, &outdir.to_string_lossy()]);
+        assert!(out.status.success(), "[{}] cp out", who.label());
+        assert_eq!(
+            std::fs::read_to_string(outdir.join("target/in.txt")).unwrap(),
+            "copied in\n"
+        );
+        assert!(env.airlock(&["rm", "-f", &name]).status.success());
+    }
+}

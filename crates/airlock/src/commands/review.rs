@@ -141,12 +141,13 @@ fn load(name: &str) -> Result<(Store, SandboxSpec, PathBuf), Failure> {
     Ok((store, spec, upper))
 }
 
-/// The changes in the sandbox's workspace layer, without its cache directories (`--cache-dir`):
-/// their mount points, made in the layer where the host has no such directory, are not work to
-/// review or apply.
+/// The changes in the sandbox's workspace layer, without what its cache directories
+/// (`--cache-dir`) put there: their mount points, made in the layer where the host has no such
+/// directory. A change to something the host has under a cache directory's path (possible only
+/// by going around the mount, as the VM guest's root can) is still shown.
 fn scan(upper: &Path, spec: &SandboxSpec) -> Result<Vec<Change>, Failure> {
     let mut changes = airlock_review::scan(upper, &spec.workspace)?;
-    changes.retain(|c| !spec.cache_dirs.iter().any(|d| c.path.starts_with(d)));
+    changes.retain(|c| c.old.is_some() || !spec.cache_dirs.iter().any(|d| c.path.starts_with(d)));
     Ok(changes)
 }
 
@@ -502,12 +503,19 @@ fn sandbox_ref(s: &str) -> Option<(&str, &str)> {
     Some((name, path))
 }
 
-/// The view and relative path of a sandbox path, and whether it is in a cow workspace.
-fn sandbox_path(
-    store: &Store,
-    spec: &SandboxSpec,
-    path: &str,
-) -> Result<(View, PathBuf, bool), Failure> {
+/// Where a sandbox path is (see [`sandbox_path`]).
+struct SandboxPath {
+    view: View,
+    /// The path inside `view`.
+    rel: PathBuf,
+    /// In a cow workspace's layer (which must not change while the sandbox runs).
+    cow: bool,
+    /// The cache directory (workspace-relative) the path is in, if any.
+    cache_dir: Option<PathBuf>,
+}
+
+/// The view and relative path of a sandbox path.
+fn sandbox_path(store: &Store, spec: &SandboxSpec, path: &str) -> Result<SandboxPath, Failure> {
     let layers = Layers::new(&store.paths.sandbox_dir(&spec.name));
     let home = &spec.user.home;
     let p = if path == "~" {
@@ -538,33 +546,49 @@ fn sandbox_path(
     if let Ok(rel) = p.strip_prefix(&spec.workspace) {
         let rel = check(rel)?;
         // A cache directory is the sandbox's own plain directory, whatever the workspace mode.
-        for (i, dir) in spec.cache_dirs.iter().enumerate() {
-            if let Ok(inside) = rel.strip_prefix(dir) {
-                return Ok((
-                    View::Plain(layers.cache_dir(i)),
-                    inside.to_path_buf(),
-                    false,
+        if let Some((i, inside)) = in_cache_dir(spec, &rel) {
+            if spec.isolation == airlock_core::spec::Isolation::Vm {
+                return Err(fail(
+                    exit::USAGE,
+                    format!(
+                        "{path} is in a cache directory of a VM sandbox, which lives on the VM's own disk; copy through the workspace inside it instead (airlock exec {n} -- cp ...)",
+                        n = spec.name
+                    ),
                 ));
             }
+            return Ok(SandboxPath {
+                view: View::Plain(layers.cache_dir(i)),
+                rel: inside,
+                cow: false,
+                cache_dir: Some(spec.cache_dirs[i].clone()),
+            });
         }
-        return Ok(match spec.mode {
+        let (view, cow) = match spec.mode {
             WorkspaceMode::Cow => (
                 View::Overlay {
                     upper: layers.workspace().0,
                     lower: spec.workspace.clone(),
                 },
-                rel,
                 true,
             ),
             // The sandbox's own clone, never the host's repository.
-            WorkspaceMode::Clone => (View::Plain(layers.clone_dir()), rel, false),
-            WorkspaceMode::Rw | WorkspaceMode::Ro => {
-                (View::Plain(spec.workspace.clone()), rel, false)
-            }
+            WorkspaceMode::Clone => (View::Plain(layers.clone_dir()), false),
+            WorkspaceMode::Rw | WorkspaceMode::Ro => (View::Plain(spec.workspace.clone()), false),
+        };
+        return Ok(SandboxPath {
+            view,
+            rel,
+            cow,
+            cache_dir: None,
         });
     }
     if let Ok(rel) = p.strip_prefix(home) {
-        return Ok((View::Plain(layers.home()), check(rel)?, false));
+        return Ok(SandboxPath {
+            view: View::Plain(layers.home()),
+            rel: check(rel)?,
+            cow: false,
+            cache_dir: None,
+        });
     }
     Err(fail(
         exit::USAGE,
@@ -583,13 +607,35 @@ fn cp(a: CpArgs) -> Result<i32, Failure> {
     let n = match (src, dst) {
         (Some((name, path)), None) => {
             let spec = store.load(name)?;
-            let (view, rel, _) = sandbox_path(&store, &spec, path)?;
-            airlock_review::copy::copy_out(&view, &rel, Path::new(&a.dst), a.force)?
+            let sp = sandbox_path(&store, &spec, path)?;
+            // A whole cache directory copied into a directory keeps its own name.
+            let dst = Path::new(&a.dst);
+            let dst = match (&sp.cache_dir, sp.rel.as_os_str().is_empty()) {
+                (Some(d), true) if dst.is_dir() => dst.join(d.file_name().unwrap_or_default()),
+                _ => dst.to_path_buf(),
+            };
+            airlock_review::copy::copy_out(&sp.view, &sp.rel, &dst, a.force)?
         }
         (None, Some((name, path))) => {
             let spec = store.load(name)?;
-            let (view, rel, cow) = sandbox_path(&store, &spec, path)?;
-            if spec.mode == WorkspaceMode::Ro && rel_in_workspace(&spec, path) {
+            let SandboxPath {
+                view,
+                rel,
+                cow,
+                cache_dir,
+            } = sandbox_path(&store, &spec, path)?;
+            if let (Some(_), View::Plain(store)) = (&cache_dir, &view)
+                && !store.exists()
+            {
+                // Not started yet: the directory its first start would make (and give to the
+                // sandbox's user).
+                airlock_core::store::mkdir_private(store)?;
+            }
+            // A cache directory is writable even in a read-only workspace.
+            if spec.mode == WorkspaceMode::Ro
+                && cache_dir.is_none()
+                && rel_in_workspace(&spec, path)
+            {
                 return Err(fail(
                     exit::USAGE,
                     format!("sandbox {name} has a read-only workspace (--workspace-mode ro)"),
@@ -620,6 +666,14 @@ fn cp(a: CpArgs) -> Result<i32, Failure> {
         if n == 1 { "y" } else { "ies" }
     ));
     Ok(0)
+}
+
+/// The index of the cache directory `rel` (workspace-relative) is in, and its path inside it.
+fn in_cache_dir(spec: &SandboxSpec, rel: &Path) -> Option<(usize, PathBuf)> {
+    spec.cache_dirs
+        .iter()
+        .enumerate()
+        .find_map(|(i, d)| rel.strip_prefix(d).ok().map(|r| (i, r.to_path_buf())))
 }
 
 fn rel_in_workspace(spec: &SandboxSpec, path: &str) -> bool {
