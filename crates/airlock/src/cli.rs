@@ -313,10 +313,11 @@ pub struct SandboxOpts {
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,
 
-    /// Keep a workspace subdirectory out of copy-on-write, for build outputs and dependency trees
-    /// (target, node_modules, .venv): the sandbox gets a directory of its own there, at native
-    /// file speed, kept across runs, never in diff/review/apply; what the host has there is
-    /// hidden inside. Repeatable. In rw and ro workspaces the directory must exist on the host
+    /// Keep a workspace subdirectory (relative to the workspace) out of copy-on-write, for build
+    /// outputs and dependency trees (target, node_modules, .venv): the sandbox gets a directory of
+    /// its own there, at native file speed, kept across runs, never in diff/review/apply; what
+    /// the host has there is hidden inside. Repeatable; also `[workspace] cache_dirs` in the
+    /// project's airlock.toml. In rw and ro workspaces the directory must exist on the host
     #[arg(long = "cache-dir", value_name = "PATH")]
     pub cache_dir: Vec<PathBuf>,
 

@@ -181,6 +181,23 @@ fn bad_cache_dirs_are_refused_before_anything_is_created() {
             "{}",
             stderr(&out)
         );
+        // An entry of the project's file is named with the file it came from; a key Airlock does
+        // not know is said, not silently dropped.
+        std::fs::write(
+            env.path("airlock.toml"),
+            "[workspace]\ncache_dir = [\"typo\"]\ncache_dirs = [\"../x\"]\n",
+        )
+        .unwrap();
+        let out = env.airlock(&["create", "--name", "bad"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(err.contains("cache_dir is not a setting"), "{err}");
+        assert!(
+            err.contains("cache_dirs of")
+                && err.contains("airlock.toml ../x")
+                && err.contains("without `..`"),
+            "{err}"
+        );
         assert!(
             !env.airlock_home.join("data/sandboxes/bad").exists(),
             "nothing half-created"

@@ -278,7 +278,11 @@ pub fn build_spec(
         ModeArg::Ro => WorkspaceMode::Ro,
         ModeArg::Clone => WorkspaceMode::Clone,
     };
-    let mut wanted = opts.cache_dir.clone();
+    let mut wanted: Vec<(PathBuf, String)> = opts
+        .cache_dir
+        .iter()
+        .map(|d| (d.clone(), "--cache-dir".to_string()))
+        .collect();
     wanted.extend(project_cache_dirs(&workspace)?);
     let cache_dirs = cache_dirs(&wanted, &workspace, mode)?;
     Ok(SandboxSpec {
@@ -311,11 +315,30 @@ pub fn build_spec(
     })
 }
 
+/// `p` with its longest existing ancestor resolved (symlinks, `..`): what the path names on the
+/// host even where its last components do not exist yet.
+fn canonical_prefix(p: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = p;
+    loop {
+        if let Ok(c) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(c, |acc, n| acc.join(n));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
 /// `cache_dirs` of the `[workspace]` table in the project's `airlock.toml`, e.g.
 /// `cache_dirs = ["target", "node_modules"]`, named on stderr when there are any. Honoured
 /// without `airlock trust`: a cache directory changes nothing of the host and opens nothing; at
 /// worst it keeps what the agent writes there out of review, which the note and `inspect` show.
-fn project_cache_dirs(ws: &Path) -> Result<Vec<PathBuf>, Failure> {
+fn project_cache_dirs(ws: &Path) -> Result<Vec<(PathBuf, String)>, Failure> {
     let path = ws.join("airlock.toml");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -330,11 +353,19 @@ fn project_cache_dirs(ws: &Path) -> Result<Vec<PathBuf>, Failure> {
     let bad = |why: String| fail(exit::USAGE, format!("{}: {why}", path.display()));
     let table: toml::Table =
         toml::from_str(&text).map_err(|e| bad(format!("not valid TOML: {e}")))?;
-    let Some(list) = table
-        .get("workspace")
-        .and_then(|w| w.as_table())
-        .and_then(|w| w.get("cache_dirs"))
-    else {
+    let Some(section) = table.get("workspace") else {
+        return Ok(vec![]);
+    };
+    let section = section
+        .as_table()
+        .ok_or_else(|| bad("[workspace] must be a table".into()))?;
+    for key in section.keys().filter(|k| *k != "cache_dirs") {
+        ui::warn(&format!(
+            "{}: [workspace] {key} is not a setting Airlock knows (it knows cache_dirs); ignored",
+            path.display()
+        ));
+    }
+    let Some(list) = section.get("cache_dirs") else {
         return Ok(vec![]);
     };
     let dirs: Vec<PathBuf> = list
@@ -355,7 +386,8 @@ fn project_cache_dirs(ws: &Path) -> Result<Vec<PathBuf>, Failure> {
             shown.join(", ")
         ));
     }
-    Ok(dirs)
+    let source = format!("cache_dirs of {}", path.display());
+    Ok(dirs.into_iter().map(|d| (d, source.clone())).collect())
 }
 
 /// `--cache-dir` paths as normalized workspace-relative paths, checked before anything is
@@ -364,21 +396,31 @@ fn project_cache_dirs(ws: &Path) -> Result<Vec<PathBuf>, Failure> {
 /// sandbox checks again at every start, against its own view). Only the cache directory itself
 /// may be missing (and only in cow and clone workspaces, where the sandbox makes it in its own
 /// layer): nothing else of the layer is made for it, so review shows nothing of it.
-fn cache_dirs(raw: &[PathBuf], ws: &Path, mode: WorkspaceMode) -> Result<Vec<PathBuf>, Failure> {
-    if raw.is_empty() {
-        return Ok(vec![]);
-    }
-    let bad =
-        |p: &Path, why: String| fail(exit::USAGE, format!("--cache-dir {}: {why}", p.display()));
+fn cache_dirs(
+    raw: &[(PathBuf, String)],
+    ws: &Path,
+    mode: WorkspaceMode,
+) -> Result<Vec<PathBuf>, Failure> {
     let mut out: Vec<PathBuf> = Vec::new();
-    for p in raw {
+    for (p, source) in raw {
+        let bad =
+            |p: &Path, why: String| fail(exit::USAGE, format!("{source} {}: {why}", p.display()));
         let rel = if p.is_absolute() {
-            p.strip_prefix(ws)
+            // The workspace is canonical; the path may reach it through a symlink.
+            let canonical = canonical_prefix(p);
+            canonical
+                .strip_prefix(ws)
                 .map_err(|_| bad(p, format!("not inside the workspace {}", ws.display())))?
                 .to_path_buf()
         } else {
             p.clone()
         };
+        if rel.to_str().is_none() {
+            return Err(bad(
+                p,
+                "is not UTF-8; name a directory whose name is".into(),
+            ));
+        }
         let mut clean = PathBuf::new();
         for c in rel.components() {
             match c {
