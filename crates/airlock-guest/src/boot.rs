@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_vm_proto::{PORT_NAME, SHARE_TAG, Setup};
+use airlock_vm_proto::{CacheCreate, PORT_NAME, SHARE_TAG, Setup};
 
 use crate::agent::{self, Mode};
 use crate::exec::{self, Command, Stdio};
@@ -459,40 +459,60 @@ fn mount_cache_dirs(root: &Path, setup: &Setup) -> Result<()> {
             .context(|| format!("give {store} to the sandbox's user"))?;
         let shown = format!("{NEWROOT}{path}");
         let refuse = |why: &str| GuestError::Refused(format!("cache directory {path}: {why}"));
-        let target = match sys::open_dir_in_root_no_symlinks(root, path) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && setup.cache_create => {
-                let p = Path::new(path);
-                let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-                    return Err(refuse("not a subdirectory of the workspace"));
-                };
-                let parent = sys::open_dir_in_root_no_symlinks(root, &parent.to_string_lossy())
-                    .map_err(|e| refuse(&format!("the directory it is in cannot be opened: {e}")))?;
-                let name_c = sys::cstring(&name.to_string_lossy(), "a path")?;
-                // SAFETY: a valid directory descriptor and a NUL-terminated single name.
-                unsafe {
-                    if libc::mkdirat(parent.as_raw_fd(), name_c.as_ptr(), 0o755) == 0 {
+        let comps = sys::components_in_root(path)?;
+        let mut at = String::new();
+        let mut target = None;
+        for (n, name) in comps.iter().enumerate() {
+            let parent = if at.is_empty() {
+                "/".to_string()
+            } else {
+                at.clone()
+            };
+            at.push('/');
+            at.push_str(name);
+            let make = match setup.cache_create {
+                CacheCreate::All => true,
+                CacheCreate::Last => n + 1 == comps.len(),
+                CacheCreate::None => false,
+            };
+            let opened = match sys::open_dir_in_root_no_symlinks(root, &at) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && make => {
+                    let dir = sys::open_dir_in_root_no_symlinks(root, &parent)
+                        .map_err(|e| refuse(&format!("opening {parent}: {e}")))?;
+                    let name_c = sys::cstring(name, "a path")?;
+                    // SAFETY: a valid directory descriptor and a NUL-terminated single name.
+                    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name_c.as_ptr(), 0o755) })
+                        .map_err(|e| refuse(&format!("making {at}: {e}")))?;
+                    // SAFETY: as above; the directory was just made by us.
+                    unsafe {
                         libc::fchownat(
-                            parent.as_raw_fd(),
+                            dir.as_raw_fd(),
                             name_c.as_ptr(),
                             uid,
                             gid,
                             libc::AT_SYMLINK_NOFOLLOW,
-                        );
-                    }
+                        )
+                    };
+                    sys::open_dir_in_root_no_symlinks(root, &at)
                 }
-                sys::open_dir_in_root_no_symlinks(root, path)
-            }
-            other => other,
+                other => other,
+            };
+            target = Some(opened.map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => refuse(&format!(
+                    "{at} is a symlink or a file inside the sandbox, not a directory; if the host's workspace has it so, make it a directory there; in a copy-on-write workspace `airlock diff` and `airlock apply` what you want to keep, then `airlock reset SANDBOX` discards the sandbox's changes; in a clone, remove that entry from the sandbox's clone on the host with `rm` (not `rm -r`)"
+                )),
+                Some(libc::ENOENT) if n + 1 == comps.len() => refuse(&format!(
+                    "{at} does not exist; in a live (rw) or read-only workspace a cache directory must exist on the host"
+                )),
+                Some(libc::ENOENT) => refuse(&format!(
+                    "{at} does not exist in the sandbox's workspace; the directory a cache directory is in must exist: make it on the host"
+                )),
+                _ => refuse(&format!("{at}: {e}")),
+            })?);
         }
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENOTDIR) => refuse(
-                "a symlink or a file is on its path inside the sandbox; `airlock reset SANDBOX` discards the sandbox's changes to the workspace",
-            ),
-            Some(libc::ENOENT) => refuse(
-                "it does not exist; in a live (rw) or read-only workspace it must exist on the host",
-            ),
-            _ => refuse(&e.to_string()),
-        })?;
+        let Some(target) = target else {
+            return Err(refuse("not a subdirectory of the workspace"));
+        };
         sys::mount(&store, &fd_path(&target), "", libc::MS_BIND, "")
             .context(|| format!("bind a cache directory at {shown}"))?;
     }

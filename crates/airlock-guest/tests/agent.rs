@@ -617,7 +617,7 @@ fn setup_is_refused_outside_the_vm_and_unknown_frames_are_answered() {
             time_unix_ms: 0,
             cache_dirs: vec![],
             cache_owner: (0, 0),
-            cache_create: false,
+            cache_create: airlock_vm_proto::CacheCreate::None,
         }),
     );
     assert!(matches!(agent.recv(CONTROL), Message::Error(e) if e.contains("not PID 1")));

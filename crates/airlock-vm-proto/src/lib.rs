@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version. Bump on any incompatible change to [`Message`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The largest frame either side accepts (stdio data is sent in pieces well below this).
 pub const MAX_FRAME: usize = 4 << 20;
@@ -98,11 +98,23 @@ pub struct Setup {
     /// Owner (uid, gid) of the cache directories: the sandbox's user.
     #[serde(default)]
     pub cache_owner: (u32, u32),
-    /// Make a missing cache directory (in its parent, which must exist): only where the
-    /// workspace is the sandbox's own (copy-on-write or a clone), never in a live or read-only
-    /// host workspace.
+    /// Which missing components of a cache directory's path the guest makes.
     #[serde(default)]
-    pub cache_create: bool,
+    pub cache_create: CacheCreate,
+}
+
+/// Which missing components of a cache directory's path are made: only where the workspace is
+/// the sandbox's own, never in a live or read-only host workspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheCreate {
+    /// A live (`rw`) or read-only workspace: the path must exist on the host.
+    #[default]
+    None,
+    /// A copy-on-write workspace: the directory itself (its parent must exist, so the layer
+    /// holds nothing else made for it).
+    Last,
+    /// The sandbox's own clone: any of the path.
+    All,
 }
 
 /// A command to run in the guest.

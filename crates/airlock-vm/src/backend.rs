@@ -419,7 +419,11 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
             .map(|d| spec.workspace.join(d).display().to_string())
             .collect(),
         cache_owner: (spec.user.uid, spec.user.gid),
-        cache_create: matches!(spec.mode, WorkspaceMode::Cow | WorkspaceMode::Clone),
+        cache_create: match spec.mode {
+            WorkspaceMode::Cow => airlock_vm_proto::CacheCreate::Last,
+            WorkspaceMode::Clone => airlock_vm_proto::CacheCreate::All,
+            WorkspaceMode::Rw | WorkspaceMode::Ro => airlock_vm_proto::CacheCreate::None,
+        },
     };
     let agent_sock = vmdir.join("agent.sock");
     let control = control_socket(store, &spec.name);
