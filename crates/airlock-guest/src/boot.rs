@@ -279,7 +279,7 @@ pub fn setup(setup: &Setup, reaper: &Reaper) -> Result<String> {
         Duration::from_secs(5),
     )?;
     if setup.docker {
-        start_docker(root, reaper)?;
+        start_docker(root, reaper, setup.user_ids.1)?;
     }
     log!(
         "sandbox ready in {} ms (network: {}, docker: {})",
@@ -365,7 +365,7 @@ fn write_resolv_conf(root: &Path, resolver: &str) -> Result<()> {
 }
 
 /// Start the sandbox's Docker daemon (its storage on the sandbox disk) and wait for its socket.
-fn start_docker(root: &Path, reaper: &Reaper) -> Result<()> {
+fn start_docker(root: &Path, reaper: &Reaper, user_gid: u32) -> Result<()> {
     // Docker's overlay2 cannot stack on the root's overlay: give it the disk's ext4 directly.
     fs::create_dir_all("/disk/docker").context(|| "create /disk/docker".into())?;
     let storage = sys::ensure_dir_in_root(root, "/var/lib/docker")?;
@@ -380,6 +380,11 @@ fn start_docker(root: &Path, reaper: &Reaper) -> Result<()> {
             "--iptables=false",
             "--ip6tables=false",
             "--bridge=none",
+            // The socket's group is the sandbox user's (dockerd makes it root:GROUP 0660 itself,
+            // after it appears: changing its mode from here raced with that). The VM is the
+            // boundary: the sandbox's user runs `docker` without being root in the guest.
+            "--group",
+            &user_gid.to_string(),
         ]
         .map(String::from)
         .to_vec(),
@@ -413,7 +418,15 @@ fn start_docker(root: &Path, reaper: &Reaper) -> Result<()> {
     }
     let socket = root.join("run/docker.sock");
     let deadline = Instant::now() + DOCKER_WAIT;
-    while socket.symlink_metadata().is_err() {
+    // Ready once dockerd has given the socket to the user's group (it binds with no permission
+    // bits, then chowns and chmods).
+    let ready = || {
+        use std::os::unix::fs::MetadataExt;
+        socket
+            .symlink_metadata()
+            .is_ok_and(|m| m.gid() == user_gid && m.mode() & 0o060 == 0o060)
+    };
+    while !ready() {
         if let Some(code) = *lock(&exited) {
             return Err(GuestError::Refused(format!(
                 "dockerd exited with status {code} before it was ready; see /var/log/dockerd.log in the sandbox"
@@ -421,17 +434,12 @@ fn start_docker(root: &Path, reaper: &Reaper) -> Result<()> {
         }
         if Instant::now() >= deadline {
             return Err(GuestError::Refused(format!(
-                "dockerd did not open /run/docker.sock within {} s; see /var/log/dockerd.log in the sandbox",
+                "dockerd did not open /run/docker.sock to the sandbox's user within {} s; see /var/log/dockerd.log in the sandbox",
                 DOCKER_WAIT.as_secs()
             )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The VM is the boundary: the sandbox's user runs `docker` without being root in the guest
-    // (the host has no docker group for it to be in).
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666))
-        .context(|| "open /run/docker.sock to the sandbox's user".into())?;
     Ok(())
 }
 
@@ -449,7 +457,7 @@ fn mount_cache_dirs(root: &Path, setup: &Setup) -> Result<()> {
     mount(area, "/caches", "", libc::MS_BIND, "")?;
     let safe = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
     mount("", "/caches", "", safe, "")?;
-    let (uid, gid) = setup.cache_owner;
+    let (uid, gid) = setup.user_ids;
     for (i, path) in setup.cache_dirs.iter().enumerate() {
         let store = format!("/caches/{i}");
         fs::create_dir_all(&store).context(|| format!("create {store}"))?;

@@ -616,7 +616,7 @@ fn setup_is_refused_outside_the_vm_and_unknown_frames_are_answered() {
             net_resolver: String::new(),
             time_unix_ms: 0,
             cache_dirs: vec![],
-            cache_owner: (0, 0),
+            user_ids: (0, 0),
             cache_create: airlock_vm_proto::CacheCreate::None,
         }),
     );

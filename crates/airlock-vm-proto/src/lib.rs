@@ -95,9 +95,10 @@ pub struct Setup {
     /// the workspace's layer.
     #[serde(default)]
     pub cache_dirs: Vec<String>,
-    /// Owner (uid, gid) of the cache directories: the sandbox's user.
+    /// The sandbox user's uid and gid: the owner of the cache directories, and the group of
+    /// the Docker socket (`--docker`).
     #[serde(default)]
-    pub cache_owner: (u32, u32),
+    pub user_ids: (u32, u32),
     /// Which missing components of a cache directory's path the guest makes.
     #[serde(default)]
     pub cache_create: CacheCreate,

@@ -418,7 +418,7 @@ fn start_vm(store: &Store, spec: &SandboxSpec, foreground: bool) -> Result<Runti
             .iter()
             .map(|d| spec.workspace.join(d).display().to_string())
             .collect(),
-        cache_owner: (spec.user.uid, spec.user.gid),
+        user_ids: (spec.user.uid, spec.user.gid),
         cache_create: match spec.mode {
             WorkspaceMode::Cow => airlock_vm_proto::CacheCreate::Last,
             WorkspaceMode::Clone => airlock_vm_proto::CacheCreate::All,
