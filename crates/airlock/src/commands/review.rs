@@ -628,8 +628,15 @@ fn cp(a: CpArgs) -> Result<i32, Failure> {
                 && !store.exists()
             {
                 // Not started yet: the directory its first start would make (and give to the
-                // sandbox's user).
-                airlock_core::store::mkdir_private(store)?;
+                // sandbox's user), with the same mode (the sandbox's directory above is 0700).
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(store)
+                    .map_err(|e| {
+                        fail(exit::FAILURE, format!("creating {}: {e}", store.display()))
+                    })?;
             }
             // A cache directory is writable even in a read-only workspace.
             if spec.mode == WorkspaceMode::Ro
