@@ -547,11 +547,18 @@ fn sandbox_path(store: &Store, spec: &SandboxSpec, path: &str) -> Result<Sandbox
         let rel = check(rel)?;
         // A cache directory is the sandbox's own plain directory, whatever the workspace mode.
         if let Some((i, inside)) = in_cache_dir(spec, &rel) {
-            if spec.isolation == airlock_core::spec::Isolation::Vm {
+            let elsewhere = if spec.isolation == airlock_core::spec::Isolation::Vm {
+                Some("a VM sandbox, on the VM's own disk")
+            } else if spec.ephemeral {
+                Some("a --rm sandbox, in its memory")
+            } else {
+                None
+            };
+            if let Some(kept) = elsewhere {
                 return Err(fail(
                     exit::USAGE,
                     format!(
-                        "{path} is in a cache directory of a VM sandbox, which lives on the VM's own disk; copy through the workspace inside it instead (airlock exec {n} -- cp ...)",
+                        "{path} is in a cache directory of {kept}; copy it from inside instead (airlock exec {n} -- cp ...)",
                         n = spec.name
                     ),
                 ));
