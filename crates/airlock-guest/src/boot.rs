@@ -447,8 +447,8 @@ fn start_docker(root: &Path, reaper: &Reaper, user_gid: u32) -> Result<()> {
 /// Cache directories (`--cache-dir`): directories of the sandbox disk's own over workspace
 /// subdirectories, at the guest's native file speed instead of through the file share, kept with
 /// the disk. Their mount points are never reached through a symlink (in a kept sandbox the agent
-/// chose what is there); the parent must exist, and only the directory itself is made, where
-/// `cache_create` allows it.
+/// chose what is there); missing components are made as `cache_create` says (the directory
+/// itself in a copy-on-write workspace, any of the path in a clone, none in a host workspace).
 fn mount_cache_dirs(root: &Path, setup: &Setup) -> Result<()> {
     // One nosuid,nodev view of the disk's cache area: binds of its subdirectories keep its flags.
     let area = "/disk/caches";
