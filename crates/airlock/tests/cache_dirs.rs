@@ -294,3 +294,33 @@ fn cp_reaches_a_cache_dir_before_the_first_start_and_in_a_read_only_workspace() 
         assert!(env.airlock(&["rm", "-f", &name]).status.success());
     }
 }
+
+/// `diff` suggests a cache directory when a dependency tree or build output fills the review,
+/// and says nothing for a few files.
+#[test]
+fn diff_suggests_a_cache_dir_for_a_dependency_tree() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        let name = unique("hint");
+        assert!(env.airlock(&["create", "--name", &name]).status.success());
+        let out = env.exec_sh(
+            &name,
+            "mkdir -p node_modules/pkg build && for i in $(seq 120); do echo x > node_modules/pkg/f$i; done && echo y > build/out",
+        );
+        assert!(out.status.success(), "[{}]", who.label());
+        let out = env.airlock(&["diff", "--stat", &name]);
+        assert!(out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("under node_modules/") && err.contains("--cache-dir node_modules"),
+            "[{}] {err}",
+            who.label()
+        );
+        assert!(!err.contains("--cache-dir build"), "{err}");
+        let out = env.exec_sh(&name, "rm -rf node_modules");
+        assert!(out.status.success());
+        let out = env.airlock(&["diff", "--stat", &name]);
+        assert!(!stderr(&out).contains("--cache-dir"), "{}", stderr(&out));
+        assert!(env.airlock(&["rm", "-f", &name]).status.success());
+    }
+}

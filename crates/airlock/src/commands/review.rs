@@ -302,6 +302,9 @@ fn diff(a: DiffArgs) -> Result<i32, Failure> {
         }
         return Ok(0);
     }
+    if let Some(hint) = cache_dir_hint(&changes) {
+        ui::note(&hint);
+    }
     let sides = Sides::open(&upper, &spec.workspace)?;
     let color = ui::color_stdout();
     let (git, shown): (Vec<&Change>, Vec<&Change>) = changes
@@ -680,6 +683,47 @@ fn cp(a: CpArgs) -> Result<i32, Failure> {
         if n == 1 { "y" } else { "ies" }
     ));
     Ok(0)
+}
+
+/// Names of the directories build tools and package managers fill with outputs and dependency
+/// trees, which a cache directory keeps out of review (and at native file speed).
+const BUILD_OUTPUT_DIRS: &[&str] = &[
+    "target",
+    "node_modules",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "build",
+    "dist",
+    ".gradle",
+    ".next",
+    ".cache",
+];
+
+/// How many new entries under one such directory make `diff` suggest a cache directory.
+const CACHE_DIR_HINT_AT: usize = 100;
+
+/// A note for `diff` when most of what it would show is a build output or dependency tree: the
+/// directory with the most new entries, if it has at least [`CACHE_DIR_HINT_AT`].
+fn cache_dir_hint(changes: &[Change]) -> Option<String> {
+    let mut counts: std::collections::BTreeMap<PathBuf, usize> = Default::default();
+    for c in changes.iter().filter(|c| c.old.is_none()) {
+        let mut at = PathBuf::new();
+        for comp in c.path.components() {
+            at.push(comp);
+            if BUILD_OUTPUT_DIRS.iter().any(|d| comp.as_os_str() == *d) {
+                *counts.entry(at).or_default() += 1;
+                break;
+            }
+        }
+    }
+    let (dir, n) = counts.into_iter().max_by_key(|(_, n)| *n)?;
+    (n >= CACHE_DIR_HINT_AT).then(|| {
+        format!(
+            "{n} of these changes are new entries under {d}/, build output or dependencies: as a cache directory it runs at native file speed and stays out of review (`--cache-dir {d}` for new sandboxes, or `[workspace] cache_dirs = [\"{d}\"]` in the project's airlock.toml)",
+            d = dir.display()
+        )
+    })
 }
 
 /// The index of the cache directory `rel` (workspace-relative) is in, and its path inside it.
