@@ -405,34 +405,27 @@ fn cache_dirs(
     for (p, source) in raw {
         let bad =
             |p: &Path, why: String| fail(exit::USAGE, format!("{source} {}: {why}", p.display()));
-        let rel = if p.is_absolute() {
-            // The workspace is canonical; the path may reach it through a symlink.
-            let canonical = canonical_prefix(p);
-            canonical
-                .strip_prefix(ws)
-                .map_err(|_| bad(p, format!("not inside the workspace {}", ws.display())))?
-                .to_path_buf()
+        // The workspace is canonical; an absolute path may reach it through a symlink. Then the
+        // same normalization as every other workspace path the user gives (`diff`, `apply`).
+        let given = if p.is_absolute() {
+            canonical_prefix(p)
         } else {
             p.clone()
         };
-        if rel.to_str().is_none() {
+        let clean = airlock_review::user_rel(&given, ws).map_err(|e| {
+            bad(
+                p,
+                format!(
+                    "{e}; name a directory inside the workspace {}",
+                    ws.display()
+                ),
+            )
+        })?;
+        if clean.to_str().is_none() {
             return Err(bad(
                 p,
                 "is not UTF-8; name a directory whose name is".into(),
             ));
-        }
-        let mut clean = PathBuf::new();
-        for c in rel.components() {
-            match c {
-                std::path::Component::Normal(n) => clean.push(n),
-                std::path::Component::CurDir => {}
-                _ => {
-                    return Err(bad(
-                        p,
-                        "must name a path inside the workspace, without `..`".into(),
-                    ));
-                }
-            }
         }
         if clean.as_os_str().is_empty() {
             return Err(bad(
