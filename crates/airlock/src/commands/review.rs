@@ -147,7 +147,7 @@ fn load(name: &str) -> Result<(Store, SandboxSpec, PathBuf), Failure> {
 /// by going around the mount, as the VM guest's root can) is still shown.
 fn scan(upper: &Path, spec: &SandboxSpec) -> Result<Vec<Change>, Failure> {
     let mut changes = airlock_review::scan(upper, &spec.workspace)?;
-    changes.retain(|c| c.old.is_some() || !spec.cache_dirs.iter().any(|d| c.path.starts_with(d)));
+    changes.retain(|c| c.old.is_some() || in_cache_dir(spec, &c.path).is_none());
     Ok(changes)
 }
 
