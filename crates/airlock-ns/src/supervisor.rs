@@ -35,13 +35,17 @@ use crate::rlimits::Rlimits;
 /// (`<data>/cache/seccomp-<hash>.bpf`, never visible inside a sandbox), so starting or joining a
 /// sandbox only reads it back.
 pub fn seccomp_program(store: &Store) -> Result<SeccompProgram> {
-    // Known at build time: hashing the 22 KB policy at every start cost ~0.05 ms.
+    // Known at build time: hashing the 22 KB policy at every start cost ~0.05 ms. The compiler's
+    // id is part of the key: a filter cached by another build is compiled again, not installed.
     const KEY: u64 = airlock_core::units::fnv1a_continue(
         airlock_core::units::fnv1a_continue(
-            airlock_core::units::FNV1A_OFFSET,
-            airlock_seccomp::DEFAULT_POLICY_TOML.as_bytes(),
+            airlock_core::units::fnv1a_continue(
+                airlock_core::units::FNV1A_OFFSET,
+                airlock_seccomp::DEFAULT_POLICY_TOML.as_bytes(),
+            ),
+            std::env::consts::ARCH.as_bytes(),
         ),
-        std::env::consts::ARCH.as_bytes(),
+        airlock_seccomp::COMPILER_ID.as_bytes(),
     );
     let path = store
         .paths

@@ -33,9 +33,16 @@ impl Data {
 
 /// Runs one program; panics on anything the kernel's checker would reject.
 pub(crate) fn run(prog: &[libc::sock_filter], data: &Data) -> u32 {
+    run_counted(prog, data).0
+}
+
+/// [`run`], also counting the instructions executed.
+pub(crate) fn run_counted(prog: &[libc::sock_filter], data: &Data) -> (u32, usize) {
     let mut acc: u32 = 0;
     let mut pc = 0usize;
+    let mut steps = 0usize;
     loop {
+        steps += 1;
         let ins = prog
             .get(pc)
             .unwrap_or_else(|| panic!("fell off program at {pc}"));
@@ -60,7 +67,7 @@ pub(crate) fn run(prog: &[libc::sock_filter], data: &Data) -> u32 {
                 };
                 pc = next + usize::from(if taken { ins.jt } else { ins.jf });
             }
-            0x06 => return k,
+            0x06 => return (k, steps),
             code => panic!("unsupported BPF opcode {code:#x} at {pc}"),
         }
     }

@@ -6,15 +6,19 @@
 //! [`SeccompProgram::apply`] installs it on the calling thread right before
 //! `execve`.
 //!
-//! What gets installed (the kernel runs every installed filter; the most severe
-//! verdict wins, KILL > ERRNO > ALLOW):
+//! What gets installed, chained into one program (see the `chain` module; as
+//! separate filters, the kernel would run each and keep the most severe
+//! verdict, KILL > ERRNO > ALLOW, which chaining preserves):
 //!
-//! 1. a small hand-written guard: kills the process on an architecture
-//!    mismatch or an x32-ABI syscall (x86_64), and answers ENOSYS for syscall
-//!    numbers above the highest one Airlock knows (`unknown_syscalls = "enosys"`);
-//! 2. one seccompiler-generated filter per distinct errno in the policy
-//!    (EPERM for almost everything, ENOSYS for `clone3`), each default-allow.
+//! 1. a hand-written guard: kills the process on an architecture mismatch or
+//!    an x32-ABI syscall (x86_64), answers ENOSYS for syscall numbers above the
+//!    highest one Airlock knows (`unknown_syscalls = "enosys"`), and answers
+//!    every syscall denied whatever its arguments (most of the policy) with its
+//!    errno, from a binary search tree (see the `guard` module for why);
+//! 2. one seccompiler-generated filter per distinct errno among the rules with
+//!    conditions on arguments (EPERM in the default policy), each default-allow.
 
+mod chain;
 mod guard;
 mod policy;
 mod syscall_table;
@@ -54,6 +58,16 @@ use syscalls::Arch;
 
 /// The reviewed default policy (repository file `policy/seccomp.toml`).
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../policy/seccomp.toml");
+
+/// Which compiler made a filter: part of the key of a compiled filter cached on disk, with the
+/// policy and the architecture, so a filter compiled by another build is never installed in
+/// place of this one's. The crate's version and a hash of its sources and of the lock file
+/// (`build.rs`).
+pub const COMPILER_ID: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "+",
+    env!("AIRLOCK_SECCOMP_COMPILER_HASH")
+);
 
 /// Everything that can go wrong while building or installing the filter.
 #[derive(Debug, thiserror::Error)]
@@ -397,7 +411,18 @@ fn to_seccompiler(cond: &Condition) -> Result<SeccompCondition, SeccompError> {
 }
 
 fn compile(policy: &Policy, arch: Arch) -> Result<SeccompProgram, SeccompError> {
-    // errno -> syscall number -> rules (empty = unconditional).
+    compile_with(policy, arch, true)
+}
+
+/// [`compile`]; `chained = false` keeps one program per filter (tests compare the two).
+fn compile_with(
+    policy: &Policy,
+    arch: Arch,
+    chained: bool,
+) -> Result<SeccompProgram, SeccompError> {
+    // Denied whatever the arguments: syscall number -> errno (the guard's tree).
+    let mut unconditional: BTreeMap<u32, u32> = BTreeMap::new();
+    // Denied on conditions: errno -> syscall number -> rules (seccompiler's filters).
     let mut groups: BTreeMap<Errno, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     let mut rules = Vec::new();
     let mut denied = Vec::new();
@@ -408,6 +433,20 @@ fn compile(policy: &Policy, arch: Arch) -> Result<SeccompProgram, SeccompError> 
             skipped.push(entry.syscall);
             continue;
         };
+        if entry.rules.is_empty() {
+            // The policy's check already refused an entry with conditions (or another errno)
+            // for the same syscall.
+            let nr = u32::try_from(nr).expect("syscall numbers are small and positive");
+            unconditional.insert(nr, entry.errno.value() as u32);
+            denied.push(name);
+            rules.push(DeniedRule {
+                syscall: name,
+                errno: entry.errno.name(),
+                when: entry.describe_when(),
+                why: entry.why.clone(),
+            });
+            continue;
+        }
         let chain = groups
             .entry(entry.errno)
             .or_default()
@@ -438,7 +477,8 @@ fn compile(policy: &Policy, arch: Arch) -> Result<SeccompProgram, SeccompError> 
         UnknownSyscalls::Allow => None,
     };
 
-    let mut filters = vec![guard::build(arch, ceiling)];
+    let unconditional: Vec<(u32, u32)> = unconditional.into_iter().collect();
+    let mut filters = vec![guard::build(arch, ceiling, &unconditional)];
     for (errno, map) in groups {
         let filter = SeccompFilter::new(
             map,
@@ -461,6 +501,12 @@ fn compile(policy: &Policy, arch: Arch) -> Result<SeccompProgram, SeccompError> 
                 .collect(),
         );
     }
+    // One program where the size limit allows (see `chain`): one attach per start.
+    let filters = if chained {
+        chain::chain(filters)
+    } else {
+        filters
+    };
     // The kernel's limit is BPF_MAXINSNS = 4096 per program (seccompiler checks
     // its own output; this also covers the guard and keeps `apply`'s cast exact).
     if let Some(len) = filters.iter().map(Vec::len).find(|&n| n > 4096) {

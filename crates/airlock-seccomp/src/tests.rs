@@ -69,8 +69,16 @@ fn default_policy_compiles() {
     assert!(p.instruction_count() > 0);
     for arch in ARCHES {
         let p = default_for(arch);
-        // Guard + EPERM filter + ENOSYS filter.
-        assert_eq!(p.filters().len(), 3, "{arch:?}");
+        // The guard (with every unconditional denial in its tree) and the EPERM filter of the
+        // conditional rules, chained into one program: one attach per start.
+        assert_eq!(p.filters().len(), 1, "{arch:?}");
+        let separate = crate::compile_with(
+            &Policy::parse(DEFAULT_POLICY_TOML).expect("parses"),
+            arch,
+            false,
+        )
+        .expect("compiles");
+        assert_eq!(separate.filters().len(), 2, "{arch:?}");
     }
 }
 
@@ -635,7 +643,9 @@ fn other_errnos_get_their_own_filter() {
          [[deny]]\nsyscall = \"socket\"\nerrno = \"EAFNOSUPPORT\"\nwhy = \"c\"\nwhen = [[{{ arg = 0, width = 32, op = \"eq\", value = 17 }}]]\n"
     );
     let p = compile(&Policy::parse(&text).expect("parses"), Arch::X86_64).expect("compiles");
-    assert_eq!(p.filters().len(), 4);
+    // mount and clone3 (unconditional) are in the guard's tree, each with its errno; the
+    // conditional rule gets a filter for its errno; all of it chained into one program.
+    assert_eq!(p.filters().len(), 1);
     assert_eq!(verdict(&p, "mount", &[]), EPERM);
     assert_eq!(verdict(&p, "clone3", &[]), ENOSYS);
     assert_eq!(
@@ -654,4 +664,120 @@ fn sixty_four_bit_comparisons() {
     assert_eq!(verdict(&p, "mmap", &[0, 0xffff_ffff]), ALLOW);
     assert_eq!(verdict(&p, "mmap", &[0, 0x1_0000_0000]), EPERM);
     assert_eq!(verdict(&p, "mmap", &[0, u64::MAX]), EPERM);
+}
+
+/// The guard's tree gives every syscall number the policy's answer: its errno for an
+/// unconditional denial, ALLOW for any other number the conditional rules do not name (those
+/// depend on arguments and have tests of their own), ENOSYS above the ceiling.
+#[test]
+fn tree_answers_every_number_like_the_policy() {
+    for arch in ARCHES {
+        let p = default_for(arch);
+        let mut expected = std::collections::HashMap::new();
+        let mut conditional = std::collections::HashSet::new();
+        for r in p.rules() {
+            let n = nr(arch, r.syscall);
+            if r.when.is_none() {
+                let e = if r.errno == "ENOSYS" { ENOSYS } else { EPERM };
+                expected.insert(n, e);
+            } else {
+                conditional.insert(n);
+            }
+        }
+        assert!(
+            expected.len() > 40,
+            "{arch:?}: most denials are unconditional"
+        );
+        let max = p.unknown_syscall_ceiling().expect("ceiling");
+        for n in 0..=max + 1 {
+            if conditional.contains(&n) {
+                continue;
+            }
+            let want = if n > max {
+                ENOSYS
+            } else {
+                expected.get(&n).copied().unwrap_or(ALLOW)
+            };
+            for args in [&[][..], &[u64::MAX; 6][..]] {
+                assert_eq!(verdict_nr(&p, n, args), want, "{arch:?} nr {n}");
+            }
+        }
+    }
+}
+
+/// Trees of every size up to well past the policy's, with numbers spread and packed: each
+/// member gets its own errno back, every other number ALLOW, and no number costs more than a
+/// logarithmic walk (the point of the tree: the kernel emulates the program once per syscall
+/// number at every attach, and walks it for every call its cache cannot answer).
+#[test]
+fn guard_tree_of_any_size() {
+    for n in 0..=150u32 {
+        for spread in [1u32, 3, 7] {
+            let denied: Vec<(u32, u32)> = (0..n).map(|i| (5 + i * spread, 1 + i % 90)).collect();
+            let prog = crate::guard::build(Arch::X86_64, Some(2000), &denied);
+            assert!(prog.len() <= 4096);
+            let members: std::collections::HashMap<u32, u32> = denied.iter().copied().collect();
+            let mut worst = 0;
+            for nr in 0..(10 + n * spread) {
+                let data = Data {
+                    nr,
+                    arch: Arch::X86_64.audit_arch(),
+                    args: [0; 6],
+                };
+                let (got, steps) = crate::bpf_interp::run_counted(&prog, &data);
+                let want = match members.get(&nr) {
+                    Some(&e) => libc::SECCOMP_RET_ERRNO | e,
+                    None => ALLOW,
+                };
+                assert_eq!(got, want, "{n} members, spread {spread}, nr {nr}");
+                worst = worst.max(steps);
+            }
+            // 8 instructions of preamble, 2 per level of splits, at most 4 leaf compares
+            // (2 instructions each when one matches), the return.
+            let levels = (f64::from(n.max(1)) / 4.0).log2().ceil().max(0.0) as usize;
+            assert!(
+                worst <= 8 + 2 * levels + 2 * 4 + 1,
+                "{n} members: {worst} instructions"
+            );
+        }
+    }
+}
+
+/// Chained into one program, the filters answer every call as the kernel answers the same
+/// filters attached one by one (the most severe verdict of all): every syscall number, with
+/// arguments that match and miss the conditional rules.
+#[test]
+fn chained_program_answers_like_separate_filters() {
+    let policy = Policy::parse(DEFAULT_POLICY_TOML).expect("parses");
+    let mut args: Vec<[u64; 6]> = vec![[0; 6], [u64::MAX; 6], [17, 3, 0, 0, 0, 0]];
+    args.extend(CLONE_NEW_FLAGS.iter().map(|&f| [f, 0, 0, 0, 0, 0]));
+    args.extend([0x5412u64, 0x541C].map(|r| [0, r, 0, 0, 0, 0]));
+    args.push([0x0040000, 0, 0, 0, 0, 0]);
+    for arch in ARCHES {
+        let chained = crate::compile_with(&policy, arch, true).expect("compiles");
+        let separate = crate::compile_with(&policy, arch, false).expect("compiles");
+        assert!(chained.filters().len() < separate.filters().len());
+        let max = chained.unknown_syscall_ceiling().expect("ceiling");
+        let mut denied = 0;
+        for nr in (0..=max + 2).chain([u32::MAX, 0x4000_0000 | 39]) {
+            for a in &args {
+                let data = Data {
+                    nr,
+                    arch: arch.audit_arch(),
+                    args: *a,
+                };
+                let want = run_all(separate.filters(), &data);
+                assert_eq!(
+                    run_all(chained.filters(), &data),
+                    want,
+                    "{arch:?} nr {nr} {a:?}"
+                );
+                denied += usize::from(want != ALLOW);
+            }
+        }
+        assert!(
+            denied > 500,
+            "{arch:?}: the comparison saw denials ({denied})"
+        );
+    }
 }
