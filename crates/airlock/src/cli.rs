@@ -75,7 +75,7 @@ expired, 125 when Airlock itself failed before the command ran.")]
 
     /// Create a named sandbox without starting it
     #[command(
-        after_help = "Example:\n  airlock create --name dev --memory 4g --pids 512\n  airlock exec dev -- make"
+        after_help = "Example:\n  airlock create dev --memory 4g --pids 512\n  airlock exec dev -- make"
     )]
     Create(CreateArgs),
 
@@ -359,8 +359,17 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    #[arg(long, required = true)]
-    pub name: String,
+    /// The sandbox's name (`airlock create NAME`, or `--name NAME`)
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "name_flag",
+        conflicts_with = "name_flag"
+    )]
+    pub name: Option<String>,
+
+    /// The sandbox's name, as `--name` (same as the positional NAME)
+    #[arg(long = "name", id = "name_flag", value_name = "NAME")]
+    pub name_flag: Option<String>,
 
     #[command(flatten)]
     pub opts: SandboxOpts,
@@ -444,5 +453,29 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// `create NAME` and `create --name NAME` name the sandbox alike; neither, or both, is
+    /// refused.
+    #[test]
+    fn create_takes_the_name_either_way() {
+        let name = |args: &[&str]| match Cli::try_parse_from(
+            std::iter::once("airlock").chain(args.iter().copied()),
+        ) {
+            Ok(Cli {
+                command: Command::Create(a),
+                ..
+            }) => Ok(a.name.or(a.name_flag)),
+            Ok(other) => panic!("{args:?} parsed as {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(name(&["create", "dev"]), Ok(Some("dev".into())));
+        assert_eq!(name(&["create", "--name", "dev"]), Ok(Some("dev".into())));
+        assert_eq!(
+            name(&["create", "dev", "--memory", "4g"]),
+            Ok(Some("dev".into()))
+        );
+        assert!(name(&["create"]).is_err());
+        assert!(name(&["create", "a", "--name", "b"]).is_err());
     }
 }
