@@ -15,20 +15,32 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let dir = Path::new(&dir);
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("src"))
-        .expect("the crate's src directory")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-        .collect();
+    let src = dir.join("src");
+    let mut files = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("a directory of the crate's sources") {
+            let p = e.expect("a directory entry").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
     files.sort();
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for f in &files {
-        h = fnv1a(h, f.file_name().unwrap_or_default().as_encoded_bytes());
+        let rel = f.strip_prefix(&src).unwrap_or(f);
+        h = fnv1a(h, rel.as_os_str().as_encoded_bytes());
         h = fnv1a(h, &std::fs::read(f).expect("a source file of the crate"));
     }
     let lock = dir.join("../../Cargo.lock");
-    if let Ok(bytes) = std::fs::read(&lock) {
-        h = fnv1a(h, &bytes);
+    match std::fs::read(&lock) {
+        Ok(bytes) => h = fnv1a(h, &bytes),
+        Err(_) => println!(
+            "cargo:warning=no workspace Cargo.lock: the seccomp filter cache key does not cover seccompiler's version"
+        ),
     }
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed={}", lock.display());

@@ -11,7 +11,7 @@
 //! ```
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_core::backend::{ExecRequest, Outcome};
@@ -31,12 +31,18 @@ use crate::process::{CommandSpec, Confinement};
 use crate::pty;
 use crate::rlimits::Rlimits;
 
-/// The seccomp filter, compiled once per policy text and architecture and kept in Airlock's state
-/// (`<data>/cache/seccomp-<hash>.bpf`, never visible inside a sandbox), so starting or joining a
-/// sandbox only reads it back.
+/// The seccomp filter, compiled once per policy text, architecture and build of the compiler,
+/// and kept in Airlock's state (`<data>/cache/seccomp-<hash>.bpf`, never visible inside a
+/// sandbox), so starting or joining a sandbox only reads it back.
+///
+/// What is read back is installed as is, so it is only read from a directory and a file that
+/// belong to the user running Airlock and that nobody else can write (planting a filter there
+/// takes the user's own rights, which can change Airlock's binary and configuration just as
+/// well); anything else is compiled again. Filters of other builds are deleted when a new one
+/// is written.
 pub fn seccomp_program(store: &Store) -> Result<SeccompProgram> {
     // Known at build time: hashing the 22 KB policy at every start cost ~0.05 ms. The compiler's
-    // id is part of the key: a filter cached by another build is compiled again, not installed.
+    // id is part of the key, so a filter compiled by another build of it is not reused.
     const KEY: u64 = airlock_core::units::fnv1a_continue(
         airlock_core::units::fnv1a_continue(
             airlock_core::units::fnv1a_continue(
@@ -47,21 +53,57 @@ pub fn seccomp_program(store: &Store) -> Result<SeccompProgram> {
         ),
         airlock_seccomp::COMPILER_ID.as_bytes(),
     );
-    let path = store
-        .paths
-        .data
-        .join("cache")
-        .join(format!("seccomp-{KEY:016x}.bpf"));
-    if let Ok(bytes) = std::fs::read(&path)
+    let dir = store.paths.data.join("cache");
+    let name = format!("seccomp-{KEY:016x}.bpf");
+    let path = dir.join(&name);
+    if let Some(bytes) = read_private(&dir, &path)
         && let Ok(p) = SeccompProgram::from_bytes(&bytes)
     {
         return Ok(p);
     }
     let p = SeccompProgram::compile_default()?;
-    if airlock_core::store::mkdir_private(&store.paths.data.join("cache")).is_ok() {
+    if airlock_core::store::mkdir_private(&dir).is_ok() && private_dir(&dir) {
         let _ = airlock_core::store::write_atomic(&path, &p.to_bytes());
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with("seccomp-") && n.ends_with(".bpf") && n != name {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
     Ok(p)
+}
+
+/// `dir` is a directory (not a symlink) of the effective user that only it can write.
+fn private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir).is_ok_and(|m| {
+        m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
+    })
+}
+
+/// The contents of `path` in `dir`, if both are the effective user's and only it can write them.
+fn read_private(dir: &Path, path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    if !private_dir(dir) {
+        return None;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    if !m.is_file() || m.uid() != nix::unistd::geteuid().as_raw() || m.mode() & 0o022 != 0 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    f.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// Signals the supervisor handles through a signalfd (blocked before any fork, so children
@@ -1121,4 +1163,44 @@ pub fn wait_gone(pid: i32, ticks: u64, limit: Duration) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A cached filter is only read from a directory and a file of the user's that nobody else
+    /// can write, and never through a symlink.
+    #[test]
+    fn cached_filters_are_read_only_from_private_files() {
+        let base = std::env::temp_dir().join(format!("airlock-cache-test-{}", std::process::id()));
+        let dir = base.join("cache");
+        airlock_core::store::mkdir_private(&dir).unwrap();
+        let file = dir.join("seccomp-x.bpf");
+        std::fs::write(&file, b"filter").unwrap();
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(&file, 0o600);
+        assert_eq!(read_private(&dir, &file).as_deref(), Some(&b"filter"[..]));
+        mode(&file, 0o666);
+        assert_eq!(read_private(&dir, &file), None, "a file others can write");
+        mode(&file, 0o644);
+        mode(&dir, 0o777);
+        assert_eq!(
+            read_private(&dir, &file),
+            None,
+            "a directory others can write"
+        );
+        mode(&dir, 0o700);
+        let link = dir.join("seccomp-link.bpf");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(read_private(&dir, &link), None, "a symlink");
+        let linked_dir = base.join("linked");
+        std::os::unix::fs::symlink(&dir, &linked_dir).unwrap();
+        assert!(!private_dir(&linked_dir), "a symlinked directory");
+        assert_eq!(read_private(&dir, &file).as_deref(), Some(&b"filter"[..]));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -88,3 +88,78 @@ pub(crate) fn run_all(filters: &[Vec<libc::sock_filter>], data: &Data) -> u32 {
     }
     verdict
 }
+
+/// What the kernel's seccomp action cache decides for a syscall number without arguments
+/// (`seccomp_is_const_allow` in kernel/seccomp.c, followed exactly): `Some(verdict)` when the
+/// program reaches a constant return from the number and the architecture alone, `None` when
+/// it loads anything else (an argument) or uses an instruction the kernel's emulator gives up
+/// on. The kernel caches the number as always allowed only for `Some(ALLOW)`.
+pub(crate) fn const_verdict(prog: &[libc::sock_filter], nr: u32, arch: u32) -> Option<u32> {
+    let mut acc: u32 = 0;
+    let mut pc = 0usize;
+    while let Some(ins) = prog.get(pc) {
+        let k = ins.k;
+        let next = pc + 1;
+        match ins.code {
+            0x20 => {
+                acc = match k {
+                    0 => nr,
+                    4 => arch,
+                    _ => return None,
+                };
+                pc = next;
+            }
+            0x06 => return Some(k),
+            0x05 => pc = next + k as usize,
+            0x15 | 0x25 | 0x35 | 0x45 => {
+                let taken = match ins.code {
+                    0x15 => acc == k,
+                    0x25 => acc > k,
+                    0x35 => acc >= k,
+                    _ => acc & k != 0,
+                };
+                pc = next + usize::from(if taken { ins.jt } else { ins.jf });
+            }
+            0x54 => {
+                acc &= k;
+                pc = next;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The checks the kernel makes before it accepts a seccomp program (`bpf_check_classic` and
+/// `seccomp_check_filter`), for the instructions Airlock's programs use: a length of 1 to 4096,
+/// loads only of aligned words of `struct seccomp_data`, every jump forward and inside the
+/// program, the last instruction a return. Returns what is wrong.
+pub(crate) fn kernel_accepts(prog: &[libc::sock_filter]) -> Result<(), String> {
+    if prog.is_empty() || prog.len() > 4096 {
+        return Err(format!("length {}", prog.len()));
+    }
+    let in_range = |pc: usize, off: usize| pc + 1 + off < prog.len();
+    for (pc, ins) in prog.iter().enumerate() {
+        let ok = match ins.code {
+            // ld [k]: an aligned word inside seccomp_data (64 bytes)
+            0x20 => ins.k % 4 == 0 && ins.k < 64,
+            0x06 | 0x16 => true,
+            0x05 => in_range(pc, ins.k as usize),
+            0x15 | 0x25 | 0x35 | 0x45 => {
+                in_range(pc, usize::from(ins.jt)) && in_range(pc, usize::from(ins.jf))
+            }
+            0x54 => true,
+            code => return Err(format!("opcode {code:#x} at {pc} (not used by Airlock)")),
+        };
+        if !ok {
+            return Err(format!(
+                "instruction {pc}: {:?}",
+                (ins.code, ins.jt, ins.jf, ins.k)
+            ));
+        }
+    }
+    match prog.last() {
+        Some(i) if i.code & 0x07 == 0x06 => Ok(()),
+        _ => Err("the last instruction is not a return".into()),
+    }
+}

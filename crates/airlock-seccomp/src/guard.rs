@@ -1,4 +1,4 @@
-//! Hand-written guard filter, installed in front of the seccompiler-generated ones.
+//! Hand-written guard filter, chained in front of the seccompiler-generated ones.
 //!
 //! seccompiler checks the audit architecture but not the x86_64 x32 ABI: x32
 //! syscalls arrive with `AUDIT_ARCH_X86_64` and bit `0x4000_0000` set in the
@@ -35,19 +35,21 @@
 //! own. The tree is small enough to review by its unit tests, which run every
 //! syscall number through it with the test interpreter.
 
+use std::collections::BTreeMap;
+
 use crate::syscalls::{Arch, X32_SYSCALL_BIT};
 
 const BPF_LD: u16 = 0x00;
 const BPF_W: u16 = 0x00;
 const BPF_ABS: u16 = 0x20;
-const BPF_JMP: u16 = 0x05;
+pub(crate) const BPF_JMP: u16 = 0x05;
 const BPF_JEQ: u16 = 0x10;
 const BPF_JGT: u16 = 0x20;
 const BPF_JGE: u16 = 0x30;
 const BPF_JSET: u16 = 0x40;
-const BPF_JA: u16 = 0x00;
-const BPF_K: u16 = 0x00;
-const BPF_RET: u16 = 0x06;
+pub(crate) const BPF_JA: u16 = 0x00;
+pub(crate) const BPF_K: u16 = 0x00;
+pub(crate) const BPF_RET: u16 = 0x06;
 
 /// Offsets in `struct seccomp_data`.
 const NR_OFFSET: u32 = 0;
@@ -79,11 +81,11 @@ fn errno_ret(errno: u32) -> libc::sock_filter {
 
 /// Builds the guard program. `ceiling`: deny numbers above it with ENOSYS.
 /// `denied`: syscall numbers denied whatever their arguments, each with its
-/// errno, sorted by number without duplicates.
+/// errno.
 pub(crate) fn build(
     arch: Arch,
     ceiling: Option<u32>,
-    denied: &[(u32, u32)],
+    denied: &BTreeMap<u32, u32>,
 ) -> Vec<libc::sock_filter> {
     let mut prog = vec![
         stmt(BPF_LD | BPF_W | BPF_ABS, ARCH_OFFSET),
@@ -101,8 +103,9 @@ pub(crate) fn build(
         prog.push(jump(BPF_JMP | BPF_JGT | BPF_K, max, 0, 1));
         prog.push(errno_ret(libc::ENOSYS as u32));
     }
-    debug_assert!(denied.windows(2).all(|w| w[0].0 < w[1].0));
-    tree(denied, &mut prog);
+    // Sorted by number, without duplicates: what a search tree needs.
+    let denied: Vec<(u32, u32)> = denied.iter().map(|(&nr, &errno)| (nr, errno)).collect();
+    tree(&denied, &mut prog);
     prog
 }
 

@@ -60,9 +60,9 @@ use syscalls::Arch;
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../policy/seccomp.toml");
 
 /// Which compiler made a filter: part of the key of a compiled filter cached on disk, with the
-/// policy and the architecture, so a filter compiled by another build is never installed in
-/// place of this one's. The crate's version and a hash of its sources and of the lock file
-/// (`build.rs`).
+/// policy and the architecture, so a filter compiled by another build is not reused in place
+/// of this one's (which files are read back at all: `airlock_ns::supervisor::seccomp_program`).
+/// The crate's version and a hash of its sources and of the lock file (`build.rs`).
 pub const COMPILER_ID: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "+",
@@ -375,7 +375,7 @@ impl SeccompProgram {
         self.ceiling
     }
 
-    /// Total BPF instructions over all filters (each syscall runs all of them).
+    /// Total BPF instructions over all filters (one program for the default policy).
     pub fn instruction_count(&self) -> usize {
         self.filters.iter().map(Vec::len).sum()
     }
@@ -434,10 +434,16 @@ fn compile_with(
             continue;
         };
         if entry.rules.is_empty() {
-            // The policy's check already refused an entry with conditions (or another errno)
-            // for the same syscall.
+            // The policy's check refuses an entry with conditions, or another errno, for the
+            // same name; checked here again by number (below), which is what the programs see.
             let nr = u32::try_from(nr).expect("syscall numbers are small and positive");
-            unconditional.insert(nr, entry.errno.value() as u32);
+            let errno = entry.errno.value() as u32;
+            if unconditional.insert(nr, errno).is_some_and(|e| e != errno) {
+                return Err(SeccompError::Conflict {
+                    syscall: name,
+                    problem: format!("is denied with two errnos (number {nr} on {arch:?})"),
+                });
+            }
             denied.push(name);
             rules.push(DeniedRule {
                 syscall: name,
@@ -477,7 +483,25 @@ fn compile_with(
         UnknownSyscalls::Allow => None,
     };
 
-    let unconditional: Vec<(u32, u32)> = unconditional.into_iter().collect();
+    // One syscall number in the tree and in a conditional filter, or in two conditional filters,
+    // would have two programs answer it: chaining keeps the first answer only.
+    let mut conditional = BTreeMap::new();
+    for (errno, map) in &groups {
+        for &nr in map.keys() {
+            let clash = u32::try_from(nr)
+                .ok()
+                .is_some_and(|n| unconditional.contains_key(&n))
+                || conditional.insert(nr, *errno).is_some();
+            if clash {
+                return Err(SeccompError::Conflict {
+                    syscall: arch.name_of(nr).unwrap_or("?"),
+                    problem: format!(
+                        "is denied by two entries of different kinds (number {nr} on {arch:?})"
+                    ),
+                });
+            }
+        }
+    }
     let mut filters = vec![guard::build(arch, ceiling, &unconditional)];
     for (errno, map) in groups {
         let filter = SeccompFilter::new(

@@ -65,6 +65,14 @@ impl Arch {
             .map(|i| table[i])
     }
 
+    /// The table's name for syscall number `nr`, if it has one.
+    pub(crate) fn name_of(self, nr: i64) -> Option<&'static str> {
+        self.table()
+            .iter()
+            .find(|&&(_, n)| n == nr)
+            .map(|&(n, _)| n)
+    }
+
     /// Highest syscall number in the table (used for the unknown-syscall ceiling).
     pub(crate) fn max_nr(self) -> i64 {
         self.table().iter().map(|&(_, nr)| nr).max().unwrap_or(0)

@@ -713,10 +713,11 @@ fn tree_answers_every_number_like_the_policy() {
 fn guard_tree_of_any_size() {
     for n in 0..=150u32 {
         for spread in [1u32, 3, 7] {
-            let denied: Vec<(u32, u32)> = (0..n).map(|i| (5 + i * spread, 1 + i % 90)).collect();
+            let denied: std::collections::BTreeMap<u32, u32> =
+                (0..n).map(|i| (5 + i * spread, 1 + i % 90)).collect();
             let prog = crate::guard::build(Arch::X86_64, Some(2000), &denied);
             assert!(prog.len() <= 4096);
-            let members: std::collections::HashMap<u32, u32> = denied.iter().copied().collect();
+            let members = &denied;
             let mut worst = 0;
             for nr in 0..(10 + n * spread) {
                 let data = Data {
@@ -748,12 +749,11 @@ fn guard_tree_of_any_size() {
 /// arguments that match and miss the conditional rules.
 #[test]
 fn chained_program_answers_like_separate_filters() {
-    let policy = Policy::parse(DEFAULT_POLICY_TOML).expect("parses");
     let mut args: Vec<[u64; 6]> = vec![[0; 6], [u64::MAX; 6], [17, 3, 0, 0, 0, 0]];
     args.extend(CLONE_NEW_FLAGS.iter().map(|&f| [f, 0, 0, 0, 0, 0]));
     args.extend([0x5412u64, 0x541C].map(|r| [0, r, 0, 0, 0, 0]));
     args.push([0x0040000, 0, 0, 0, 0, 0]);
-    for arch in ARCHES {
+    for (policy, arch) in policies_with_several_conditional_errnos() {
         let chained = crate::compile_with(&policy, arch, true).expect("compiles");
         let separate = crate::compile_with(&policy, arch, false).expect("compiles");
         assert!(chained.filters().len() < separate.filters().len());
@@ -778,6 +778,80 @@ fn chained_program_answers_like_separate_filters() {
         assert!(
             denied > 500,
             "{arch:?}: the comparison saw denials ({denied})"
+        );
+    }
+}
+
+/// The default policy, and a variant whose conditional rules use four errnos (four seccompiler
+/// programs, so their own ALLOWs are rewritten into jumps too), for each architecture.
+fn policies_with_several_conditional_errnos() -> Vec<(Policy, Arch)> {
+    let variant = DEFAULT_POLICY_TOML
+        .replace(
+            "syscall = \"ioctl\"",
+            "syscall = \"ioctl\"\nerrno = \"EINVAL\"",
+        )
+        .replace(
+            "syscall = \"socket\"",
+            "syscall = \"socket\"\nerrno = \"EAFNOSUPPORT\"",
+        )
+        .replace(
+            "syscall = \"personality\"",
+            "syscall = \"personality\"\nerrno = \"EACCES\"",
+        );
+    let mut out = Vec::new();
+    for arch in ARCHES {
+        out.push((Policy::parse(DEFAULT_POLICY_TOML).expect("parses"), arch));
+        out.push((Policy::parse(&variant).expect("the variant parses"), arch));
+    }
+    let parts = crate::compile_with(&out[1].0, Arch::X86_64, false)
+        .expect("compiles")
+        .filters()
+        .len();
+    assert_eq!(parts, 5, "the guard and four conditional errnos");
+    out
+}
+
+/// Every program Airlock compiles passes the kernel's checks (for both architectures, also
+/// the one this machine cannot load), and the kernel's action cache never treats as always
+/// allowed a number the policy denies for some arguments.
+#[test]
+fn programs_pass_the_kernels_checks_and_cache() {
+    for (policy, arch) in policies_with_several_conditional_errnos() {
+        let p = crate::compile_with(&policy, arch, true).expect("compiles");
+        let separate = crate::compile_with(&policy, arch, false).expect("compiles");
+        for f in p.filters().iter().chain(separate.filters()) {
+            crate::bpf_interp::kernel_accepts(f).unwrap_or_else(|e| panic!("{arch:?}: {e}"));
+        }
+        assert_eq!(p.filters().len(), 1, "{arch:?}");
+        let mut named = std::collections::HashSet::new();
+        let mut conditional = std::collections::HashSet::new();
+        for r in p.rules() {
+            named.insert(nr(arch, r.syscall));
+            if r.when.is_some() {
+                conditional.insert(nr(arch, r.syscall));
+            }
+        }
+        let max = p.unknown_syscall_ceiling().expect("ceiling");
+        let mut cached = 0;
+        for n in 0..=max + 1 {
+            let v = crate::bpf_interp::const_verdict(&p.filters()[0], n, arch.audit_arch());
+            if v == Some(ALLOW) {
+                assert!(
+                    !named.contains(&n) && n <= max,
+                    "{arch:?}: nr {n} cached as allowed"
+                );
+                cached += 1;
+            }
+            if conditional.contains(&n) {
+                assert_eq!(
+                    v, None,
+                    "{arch:?}: nr {n} has conditions, the cache must ask"
+                );
+            }
+        }
+        assert!(
+            cached > 250,
+            "{arch:?}: most numbers are cacheable ({cached})"
         );
     }
 }
