@@ -267,26 +267,25 @@ def host_root_symlinks() -> list[str]:
     return a
 
 
-# What bwrap's own `--proc` already covers read-only (bubblewrap.c, `cover_proc_dirs`): Airlock
-# mounts these itself, bwrap must not be charged for them twice.
-BWRAP_PROC_COVERS = {"sys", "sysrq-trigger", "irq", "bus"}
-
-
 def unescape_mountinfo(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def bwrap_same_mounts_argv(mountinfo: str, ws: str, cmd: tuple = ("true",)) -> list[str]:
-    """bwrap with Airlock's mount set, read from a sandbox's own /proc/self/mountinfo (so it
-    follows whatever Airlock mounts): the same host paths visible at the same places, the same
-    masks, the same fresh file systems, mount for mount (but /sys, see below). Where Airlock gives copy-on-write
-    (system directories, the workspace) bwrap gets the nearest it has: a read-only bind of a
-    system directory, a writable bind of the workspace. Still not asked of bwrap: seccomp, a
-    cgroup, the sandbox's state, the network gate, the id-shifted mounts of a root invoker."""
+def bwrap_same_mounts_argv(view: dict, ws: str, cmd: tuple = ("true",)) -> list[str]:
+    """bwrap with Airlock's mount set (`view` from `airlock_view`): the mounts of a sandbox's own
+    /proc/self/mountinfo (so it follows whatever Airlock mounts), mount for mount, plus the masks
+    `airlock inspect` lists that are no mounts there (as root, Airlock applies the masks inside
+    its copy-on-write /etc and /var as files of the upper layer): the same host paths visible at
+    the same places, the same masks, the same fresh file systems (but /sys, see below). Where
+    Airlock gives copy-on-write (system directories, the workspace) bwrap gets the nearest it
+    has: a read-only bind of a system directory, a writable bind of the workspace. Not asked of
+    bwrap: seccomp, a cgroup, the sandbox's state, the network gate, the id-shifted mounts of a
+    root invoker, and what its own `--proc` already covers (`view["bwrap_proc_covers"]`)."""
     a = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
     a += host_root_symlinks()
-    for line in mountinfo.splitlines():
+    points = set()
+    for line in view["mountinfo"].splitlines():
         pre, _, post = line.partition(" - ")
         f = pre.split()
         if len(f) < 6 or not post:
@@ -296,6 +295,7 @@ def bwrap_same_mounts_argv(mountinfo: str, ws: str, cmd: tuple = ("true",)) -> l
         ro = "ro" in opts
         if point == "/":
             continue
+        points.add(point)
         if point == "/dev":
             a += ["--dev", "/dev"]  # bwrap's own: null, zero, full, random, urandom, tty, pts, shm
             continue
@@ -309,7 +309,7 @@ def bwrap_same_mounts_argv(mountinfo: str, ws: str, cmd: tuple = ("true",)) -> l
             # /sys would bring a dozen submounts (cgroups, tracefs) for its masks to cover. No
             # /sys at all is stricter than Airlock's, and cheaper: bwrap is given that.
             continue
-        if point.startswith("/proc/") and fstype == "proc" and os.path.basename(point) in BWRAP_PROC_COVERS:
+        if point in view["bwrap_proc_covers"]:
             continue
         if fstype == "devtmpfs" and root == "/null":
             a += ["--ro-bind", "/dev/null", point]  # a masked file
@@ -323,13 +323,40 @@ def bwrap_same_mounts_argv(mountinfo: str, ws: str, cmd: tuple = ("true",)) -> l
             a += ["--ro-bind", point, point]  # a system directory: copy-on-write in Airlock
         else:
             a += ["--tmpfs", point]
+    # The masks that are no mounts in Airlock's sandbox (files of a copy-on-write upper layer).
+    hidden = view["hidden"]
+    for kind, paths in (("file", hidden["files"]), ("dir", hidden["dirs"]), ("private", hidden["private_dirs"])):
+        for p in paths:
+            if p in points or p == "/sys" or p.startswith("/sys/"):
+                continue
+            if kind == "file" and os.path.isfile(p) and not os.path.islink(p):
+                a += ["--ro-bind", "/dev/null", p]
+            elif kind == "dir" and os.path.isdir(p) and not os.path.islink(p):
+                a += ["--tmpfs", p, "--remount-ro", p]
+            elif kind == "private" and os.path.isdir(p) and not os.path.islink(p):
+                a += ["--tmpfs", p]
     a += ["--chdir", ws, *cmd]
     return a
 
 
-def airlock_mountinfo(airlock: str, ws: str, env: dict | None = None) -> str:
-    return run_capture([airlock, "run", "--rm", "--", "cat", "/proc/self/mountinfo"], cwd=ws, env=env,
-                       timeout=60).stdout
+def airlock_view(airlock: str, ws: str, env: dict | None = None) -> dict:
+    """What a sandbox of this user shows (its mountinfo, the host paths `inspect` says it hides)
+    and which /proc submounts bwrap's own `--proc` makes for this user (it covers a /proc
+    directory only where it finds it writable: /proc/irq and /proc/bus as root here, none as an
+    unprivileged user)."""
+    mountinfo = run_capture([airlock, "run", "--rm", "--", *SHOW_MOUNTS], cwd=ws, env=env, timeout=60).stdout
+    name = f"airbench-view-{os.getpid()}"
+    run_capture([airlock, "create", name], cwd=ws, env=env, timeout=60)
+    try:
+        hidden = json.loads(run_capture([airlock, "inspect", name, "--json"], cwd=ws, env=env).stdout)["hidden"]
+    finally:
+        run_capture([airlock, "rm", "-f", name], cwd=ws, env=env, check=False)
+    covers = set()
+    for line in run_capture(bwrap_argv(ws, tuple(SHOW_MOUNTS)), cwd=ws, env=env).stdout.splitlines():
+        f = line.split(" - ")[0].split()
+        if len(f) > 4 and unescape_mountinfo(f[4]).startswith("/proc/"):
+            covers.add(unescape_mountinfo(f[4]))
+    return {"mountinfo": mountinfo, "hidden": hidden, "bwrap_proc_covers": sorted(covers)}
 
 
 def mount_counts(variants: dict, ws: str, env: dict | None = None) -> dict:
@@ -382,7 +409,8 @@ def case_cold(e: Env) -> dict:
         [e.airlock, "run", "--rm", "--allow", "example.test", "--", "true"], e.ws, e.env)
     mounts = {}
     if shutil.which("bwrap"):
-        same = bwrap_same_mounts_argv(airlock_mountinfo(e.airlock, e.ws, e.env), e.ws)
+        view = airlock_view(e.airlock, e.ws, e.env)
+        same = bwrap_same_mounts_argv(view, e.ws)
         alts[BWRAP_SAME] = lambda: spawn_wait_ns(same, e.ws)
         bw = bwrap_argv(e.ws)
         alts["bwrap"] = lambda: spawn_wait_ns(bw, e.ws)
@@ -426,6 +454,7 @@ def case_cold(e: Env) -> dict:
            "mounts_inside": mounts, "leftover_sandboxes": len(left)}
     if BWRAP_SAME in res:
         out["bwrap_same_mounts_argv"] = same
+        out["bwrap_proc_covers"] = view["bwrap_proc_covers"]
         out["ratio_to_bwrap_same_mounts"] = round(
             res["airlock run --rm"]["median_ms"] / res[BWRAP_SAME]["median_ms"], 3)
     if "bwrap" in res:
@@ -497,7 +526,8 @@ def rootless_cold_worker(cfg: dict) -> None:
     ws = cfg["ws"]
     # The same mount set as this user's own sandboxes (read-only system directories, the masks
     # as mounts), not root's.
-    same = bwrap_same_mounts_argv(airlock_mountinfo(cfg["airlock"], ws), ws)
+    view = airlock_view(cfg["airlock"], ws)
+    same = bwrap_same_mounts_argv(view, ws)
     alts = {
         ROOTLESS_AIRLOCK: lambda: spawn_wait_ns([cfg["airlock"], "run", "--rm", "--", "true"], ws),
         ROOTLESS_BWRAP_SAME: lambda: spawn_wait_ns(same, ws),

@@ -106,6 +106,55 @@ const MASKED_DIRS: &[&str] = &[
 /// spools and temporary files are not the agent's business, but tools expect to write there.
 const PRIVATE_DIRS: &[&str] = &["/var/log", "/var/tmp", "/var/spool", "/var/mail"];
 
+/// The host paths every namespace sandbox hides (whichever of them exist): what `inspect` lists.
+#[derive(Debug, Clone, Default)]
+pub struct Masks {
+    /// Replaced by an empty read-only file.
+    pub files: Vec<PathBuf>,
+    /// Replaced by an empty read-only directory.
+    pub dirs: Vec<PathBuf>,
+    /// Replaced by an empty writable directory of the sandbox's own.
+    pub private_dirs: Vec<PathBuf>,
+}
+
+impl Masks {
+    /// The lists above, with the host's SSH host keys (`/etc/ssh/ssh_host_*_key`).
+    pub fn of_host() -> Masks {
+        let all = |list: &[&str]| -> Vec<PathBuf> { list.iter().map(PathBuf::from).collect() };
+        let mut files = all(MASKED_FILES);
+        if let Ok(rd) = std::fs::read_dir("/etc/ssh") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("ssh_host_") && n.ends_with("_key") {
+                    files.push(e.path());
+                }
+            }
+        }
+        Masks {
+            files,
+            dirs: all(MASKED_DIRS),
+            private_dirs: all(PRIVATE_DIRS),
+        }
+    }
+
+    /// Only what exists on the host: a plain file, or a directory, where each list expects it
+    /// (a mask over anything else is skipped inside too).
+    pub fn existing(self) -> Masks {
+        let is = |p: &PathBuf, dir: bool| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
+        };
+        Masks {
+            files: self.files.into_iter().filter(|p| is(p, false)).collect(),
+            dirs: self.dirs.into_iter().filter(|p| is(p, true)).collect(),
+            private_dirs: self
+                .private_dirs
+                .into_iter()
+                .filter(|p| is(p, true))
+                .collect(),
+        }
+    }
+}
+
 /// Parts of /proc that stay visible but read-only.
 const PROC_READONLY: &[&str] = &[
     "/proc/sys",
@@ -212,19 +261,11 @@ impl MountPlan {
         }
         // Which of these exist is checked once, inside, where the masks are mounted (a stat per
         // entry here too was ~70 system calls on the start path for nothing).
-        let all = |list: &[&str]| -> Vec<PathBuf> { list.iter().map(PathBuf::from).collect() };
-        let mut masked_files: Vec<PathBuf> = all(MASKED_FILES);
-        // SSH host private keys.
-        if let Ok(rd) = std::fs::read_dir("/etc/ssh") {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("ssh_host_") && n.ends_with("_key") {
-                    masked_files.push(e.path());
-                }
-            }
-        }
-        let masked_dirs = all(MASKED_DIRS);
-        let private_dirs = all(PRIVATE_DIRS);
+        let Masks {
+            files: masked_files,
+            dirs: masked_dirs,
+            private_dirs,
+        } = Masks::of_host();
         let hidden_state = state_dirs
             .iter()
             .filter(|d| {

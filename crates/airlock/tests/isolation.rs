@@ -551,3 +551,51 @@ fn masks_hold_whatever_the_agent_does_and_across_restarts() {
         }
     }
 }
+
+/// `inspect` lists the host paths a namespace sandbox hides, and each of them is empty inside,
+/// for root (masks in copy-on-write upper layers) and rootless users (masks as mounts) alike.
+#[test]
+fn inspect_lists_what_is_hidden_and_it_is_empty_inside() {
+    for who in everyone() {
+        let env = Env::new(&who);
+        let name = "hidden".to_string();
+        assert!(env.airlock(&["create", &name]).status.success());
+        let hidden = inspect(&env, &name)["hidden"].clone();
+        let list = |k: &str| -> Vec<String> {
+            hidden[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("hidden.{k} in {hidden}"))
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let (files, dirs, private) = (list("files"), list("dirs"), list("private_dirs"));
+        // This host has these (Debian): the list is the host's, not a fixed one.
+        for p in ["/etc/shadow", "/etc/machine-id"] {
+            assert!(files.iter().any(|f| f == p), "{p} not in {files:?}");
+        }
+        assert!(private.iter().any(|d| d == "/var/log"), "{private:?}");
+        // Inside, a hidden file reads as nothing (or cannot be read), a hidden directory lists
+        // nothing. Printed per path, so a failure names it.
+        let mut script = String::new();
+        for f in &files {
+            script.push_str(&format!("echo \"{f} $(cat {f} 2>/dev/null | wc -c)\"; "));
+        }
+        for d in dirs.iter().chain(&private) {
+            script.push_str(&format!("echo \"{d} $(ls -A {d} 2>/dev/null | wc -l)\"; "));
+        }
+        let out = env.airlock(&["exec", &name, "--", "sh", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", stderr(&out));
+        let mut seen = 0;
+        for line in text.lines() {
+            let (path, n) = line.rsplit_once(' ').unwrap();
+            assert_eq!(n, "0", "{}: {path} is not empty inside", who.label());
+            seen += 1;
+        }
+        assert_eq!(seen, files.len() + dirs.len() + private.len());
+        // And on the host at least /etc/shadow has content: hidden means something here.
+        assert!(std::fs::metadata("/etc/shadow").unwrap().len() > 0);
+        assert!(env.airlock(&["rm", "-f", &name]).status.success());
+    }
+}
