@@ -58,19 +58,22 @@ pub(crate) fn run_counted(prog: &[libc::sock_filter], data: &Data) -> (u32, usiz
                 pc = next;
             }
             0x05 => pc = next + k as usize,
-            0x15 | 0x25 | 0x35 | 0x45 => {
-                let taken = match ins.code {
-                    0x15 => acc == k,
-                    0x25 => acc > k,
-                    0x35 => acc >= k,
-                    _ => acc & k != 0,
-                };
-                pc = next + usize::from(if taken { ins.jt } else { ins.jf });
-            }
+            0x15 | 0x25 | 0x35 | 0x45 => pc = next + conditional_jump(ins, acc),
             0x06 => return (k, steps),
             code => panic!("unsupported BPF opcode {code:#x} at {pc}"),
         }
     }
+}
+
+/// How far a conditional jump on a constant (jeq, jgt, jge, jset) goes past the next instruction.
+fn conditional_jump(ins: &libc::sock_filter, acc: u32) -> usize {
+    let taken = match ins.code {
+        0x15 => acc == ins.k,
+        0x25 => acc > ins.k,
+        0x35 => acc >= ins.k,
+        _ => acc & ins.k != 0,
+    };
+    usize::from(if taken { ins.jt } else { ins.jf })
 }
 
 /// Runs a stack of filters the way the kernel does (`seccomp_run_filters`):
@@ -111,15 +114,7 @@ pub(crate) fn const_verdict(prog: &[libc::sock_filter], nr: u32, arch: u32) -> O
             }
             0x06 => return Some(k),
             0x05 => pc = next + k as usize,
-            0x15 | 0x25 | 0x35 | 0x45 => {
-                let taken = match ins.code {
-                    0x15 => acc == k,
-                    0x25 => acc > k,
-                    0x35 => acc >= k,
-                    _ => acc & k != 0,
-                };
-                pc = next + usize::from(if taken { ins.jt } else { ins.jf });
-            }
+            0x15 | 0x25 | 0x35 | 0x45 => pc = next + conditional_jump(ins, acc),
             0x54 => {
                 acc &= k;
                 pc = next;

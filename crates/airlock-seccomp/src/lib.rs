@@ -433,6 +433,13 @@ fn compile_with(
             skipped.push(entry.syscall);
             continue;
         };
+        denied.push(name);
+        rules.push(DeniedRule {
+            syscall: name,
+            errno: entry.errno.name(),
+            when: entry.describe_when(),
+            why: entry.why.clone(),
+        });
         if entry.rules.is_empty() {
             // The policy's check refuses an entry with conditions, or another errno, for the
             // same name; checked here again by number (below), which is what the programs see.
@@ -444,13 +451,6 @@ fn compile_with(
                     problem: format!("is denied with two errnos (number {nr} on {arch:?})"),
                 });
             }
-            denied.push(name);
-            rules.push(DeniedRule {
-                syscall: name,
-                errno: entry.errno.name(),
-                when: entry.describe_when(),
-                why: entry.why.clone(),
-            });
             continue;
         }
         let chain = groups
@@ -465,13 +465,6 @@ fn compile_with(
                 .collect::<Result<Vec<_>, _>>()?;
             chain.push(SeccompRule::new(conds).map_err(|error| SeccompError::Compile { error })?);
         }
-        denied.push(name);
-        rules.push(DeniedRule {
-            syscall: name,
-            errno: entry.errno.name(),
-            when: entry.describe_when(),
-            why: entry.why.clone(),
-        });
     }
     denied.sort_unstable();
     denied.dedup();
