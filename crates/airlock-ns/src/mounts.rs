@@ -106,8 +106,9 @@ const MASKED_DIRS: &[&str] = &[
 /// spools and temporary files are not the agent's business, but tools expect to write there.
 const PRIVATE_DIRS: &[&str] = &["/var/log", "/var/tmp", "/var/spool", "/var/mail"];
 
-/// The host paths every namespace sandbox hides (whichever of them exist): what `inspect` lists.
-#[derive(Debug, Clone, Default)]
+/// The host paths every namespace sandbox hides (whichever of them exist): what `inspect` lists
+/// (as `hidden`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Masks {
     /// Replaced by an empty read-only file.
     pub files: Vec<PathBuf>,

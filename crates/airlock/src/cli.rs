@@ -375,6 +375,13 @@ pub struct CreateArgs {
     pub opts: SandboxOpts,
 }
 
+impl CreateArgs {
+    /// The name, given either way (clap requires one of the two).
+    pub fn sandbox_name(&self) -> Option<&str> {
+        self.name.as_deref().or(self.name_flag.as_deref())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Allocate a terminal (window size and signals are forwarded)
@@ -465,7 +472,7 @@ mod tests {
             Ok(Cli {
                 command: Command::Create(a),
                 ..
-            }) => Ok(a.name.or(a.name_flag)),
+            }) => Ok(a.sandbox_name().map(str::to_string)),
             Ok(other) => panic!("{args:?} parsed as {other:?}"),
             Err(e) => Err(e.kind()),
         };

@@ -119,18 +119,7 @@ struct Inspect<'a> {
     disk_used_bytes: u64,
     ephemeral: bool,
     /// Host paths hidden inside a namespace sandbox (a VM sandbox has a root of its own).
-    hidden: Option<Hidden>,
-}
-
-/// What of the host a namespace sandbox's agent finds empty (see `airlock_ns::mounts::Masks`).
-#[derive(Serialize)]
-struct Hidden {
-    /// Empty read-only files: the host's credentials and keys.
-    files: Vec<PathBuf>,
-    /// Empty read-only directories: private keys, other services' state, Airlock's own.
-    dirs: Vec<PathBuf>,
-    /// Empty writable directories of the sandbox's own: the host's logs, spools, temporary files.
-    private_dirs: Vec<PathBuf>,
+    hidden: Option<airlock_ns::mounts::Masks>,
 }
 
 /// Host pids of every process in the sandbox's pid namespace.
@@ -196,14 +185,8 @@ pub fn inspect(name: &str, json: bool) -> Result<i32, Failure> {
         disk_used_bytes: disk_usage(&dir),
         state_dir: dir,
         ephemeral: spec.ephemeral,
-        hidden: (spec.isolation == airlock_core::spec::Isolation::Namespace).then(|| {
-            let m = airlock_ns::mounts::Masks::of_host().existing();
-            Hidden {
-                files: m.files,
-                dirs: m.dirs,
-                private_dirs: m.private_dirs,
-            }
-        }),
+        hidden: (spec.isolation == airlock_core::spec::Isolation::Namespace)
+            .then(|| airlock_ns::mounts::Masks::of_host().existing()),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);

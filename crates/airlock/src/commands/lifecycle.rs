@@ -688,9 +688,9 @@ fn run_in(
 pub fn create(a: CreateArgs) -> Result<i32, Failure> {
     let store = open_store()?;
     let name = a
-        .name
-        .or(a.name_flag)
-        .expect("clap requires NAME or --name");
+        .sandbox_name()
+        .expect("clap requires NAME or --name")
+        .to_string();
     let spec = build_spec(name, &a.opts, false, &store)?;
     let be = backend(spec.isolation)?;
     create_sandbox(&store, &spec, be.as_ref())?;
