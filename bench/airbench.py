@@ -869,23 +869,28 @@ def case_netgate(e: Env) -> dict:
         for label, pre, extra in alts:
             lat = json.loads(run_capture(pre + ["latency", "203.0.113.10", str(n)] + extra, env=e.env, timeout=300).stdout.strip().splitlines()[-1])
             res[label] = {"connect_rtt_median_us": round(lat["median_us"], 1), "connect_rtt_p90_us": round(lat["p90_us"], 1)}
-        # Throughput: one transfer is ~0.3 s and swings with whatever else the 2-4 CPUs do, so
-        # `reps` transfers per alternative, interleaved (starting alternative rotated), median.
-        thr = {label: [] for label, _, _ in alts}
+        # Throughput, both ways (upload to a sink, download from a source): one transfer is
+        # ~0.3 s and swings with whatever else the 2-4 CPUs do, so `reps` transfers per
+        # alternative and direction, interleaved (starting alternative rotated), median.
+        ways = (("throughput", "throughput"), ("download", "download"))
+        thr = {(label, key): [] for label, _, _ in alts for key, _ in ways}
         for i in range(reps):
-            for label, pre, extra in alts[i % 3:] + alts[:i % 3]:
-                proc = run_capture(pre + ["throughput", "203.0.113.10", str(mib)] + extra, env=e.env, timeout=300)
-                thr[label].append(round(json.loads(proc.stdout.strip().splitlines()[-1])["mib_per_s"], 1))
-        for label, xs in thr.items():
-            res[label].update({"throughput_mib_s": round(statistics.median(xs), 1),
-                               "throughput_min_mib_s": min(xs), "throughput_max_mib_s": max(xs),
-                               "throughput_samples_mib_s": xs})
+            for key, cmd in ways:
+                for label, pre, extra in alts[i % 3:] + alts[:i % 3]:
+                    proc = run_capture(pre + [cmd, "203.0.113.10", str(mib)] + extra, env=e.env, timeout=300)
+                    thr[(label, key)].append(round(json.loads(proc.stdout.strip().splitlines()[-1])["mib_per_s"], 1))
+        for (label, key), xs in thr.items():
+            res[label].update({f"{key}_mib_s": round(statistics.median(xs), 1),
+                               f"{key}_min_mib_s": min(xs), f"{key}_max_mib_s": max(xs),
+                               f"{key}_samples_mib_s": xs})
+        for label in res:
             e.log(f"  {label}: {res[label]}")
         d = res["direct"]
         out = {"available": True, "results": res, "n": n, "mib": mib, "reps": reps}
         for k in ("gate, transparent", "gate, proxy CONNECT"):
             out.setdefault("added_latency_us", {})[k] = round(res[k]["connect_rtt_median_us"] - d["connect_rtt_median_us"], 1)
             out.setdefault("throughput_ratio", {})[k] = round(res[k]["throughput_mib_s"] / d["throughput_mib_s"], 3)
+            out.setdefault("download_ratio", {})[k] = round(res[k]["download_mib_s"] / d["download_mib_s"], 3)
         return out
     finally:
         if server:
@@ -1099,7 +1104,9 @@ def targets(c: dict) -> list[dict]:
         for k, v in ng["added_latency_us"].items():
             add("4", f"gate: added new-connection latency ({k})", v, "µs", "<= 1000 µs", v <= 1000)
         for k, v in ng["throughput_ratio"].items():
-            add("4", f"gate: throughput vs direct ({k})", round(100 * v, 1), "%", ">= 80 %", v >= 0.8)
+            add("4", f"gate: upload throughput vs direct ({k})", round(100 * v, 1), "%", ">= 80 %", v >= 0.8)
+        for k, v in ng.get("download_ratio", {}).items():
+            add("4", f"gate: download throughput vs direct ({k})", round(100 * v, 1), "%", ">= 80 %", v >= 0.8)
     elif ng.get("available") is False:
         add("4", "gate: new connection / throughput", None, "", "<= 1 ms, >= 80 %", None)
     d = c.get("density", {})
@@ -1254,6 +1261,9 @@ def table(c: dict, tg: list[dict], m: dict) -> str:
                 L.append(f"| 4. gate | {v}: connect + 1-byte round trip | {st['connect_rtt_median_us']} µs | {st['connect_rtt_p90_us']} µs | |")
                 rng = f"{st['throughput_min_mib_s']}-{st['throughput_max_mib_s']} MiB/s over {r['reps']}" if "reps" in r else ""
                 L.append(f"| 4. gate | {v}: bulk upload ({r['mib']} MiB) | {st['throughput_mib_s']} MiB/s | | {rng} |")
+                if "download_mib_s" in st:
+                    rng = f"{st['download_min_mib_s']}-{st['download_max_mib_s']} MiB/s over {r['reps']}"
+                    L.append(f"| 4. gate | {v}: bulk download ({r['mib']} MiB) | {st['download_mib_s']} MiB/s | | {rng} |")
         elif key == "vm":
             base = r["results"]["bare qemu, same kernel"]["first_output"]["median_ms"]
             for v, st in r["results"].items():

@@ -1,9 +1,11 @@
 """Network gate benchmark helper (case 4). Only ever talks to the sealed test namespaces the
 harness builds (documentation addresses, no route out).
 
-  netgate.py serve ADDR                      echo (1 byte) on ADDR:8080, sink on ADDR:8081
+  netgate.py serve ADDR                      echo (1 byte) on ADDR:8080, sink on ADDR:8081,
+                                             source on ADDR:8082
   netgate.py latency ADDR N [proxy]          N x (connect, 1-byte round trip, close); JSON
   netgate.py throughput ADDR MiB [proxy]     send MiB to the sink; JSON with MiB/s
+  netgate.py download ADDR MiB [proxy]       receive MiB from the source; JSON with MiB/s
 `proxy` goes through the sandbox's HTTP proxy (CONNECT to 127.0.0.1:3128); otherwise a plain
 connect (captured transparently inside a sandbox).
 """
@@ -55,6 +57,14 @@ def serve(addr):
                 n += k
             c.sendall(b"%d\n" % n)
 
+    def source(c):
+        # Reads how many MiB to send, sends them, closes.
+        with c:
+            mib = int(c.makefile("rb").readline())
+            buf = b"\0" * (1 << 20)
+            for _ in range(mib):
+                c.sendall(buf)
+
     def listen(port, handler):
         ls = socket.socket()
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -66,6 +76,7 @@ def serve(addr):
 
     threading.Thread(target=listen, args=(8080, echo), daemon=True).start()
     threading.Thread(target=listen, args=(8081, sink), daemon=True).start()
+    threading.Thread(target=listen, args=(8082, source), daemon=True).start()
     print("ready", flush=True)
     sys.stdin.read()
 
@@ -96,6 +107,23 @@ def throughput(addr, mib, proxy):
     print(json.dumps({"mib_per_s": mib / dt, "mib": mib}))
 
 
+def download(addr, mib, proxy):
+    buf = bytearray(SINK_BUF)
+    view = memoryview(buf)
+    s = connect(addr, 8082, proxy)
+    t = time.perf_counter()
+    s.sendall(b"%d\n" % mib)
+    got = 0
+    while True:
+        k = s.recv_into(view)
+        if not k:
+            break
+        got += k
+    dt = time.perf_counter() - t
+    assert got == mib << 20, got
+    print(json.dumps({"mib_per_s": mib / dt, "mib": mib}))
+
+
 if __name__ == "__main__":
     cmd, addr = sys.argv[1], sys.argv[2]
     if cmd == "serve":
@@ -104,3 +132,5 @@ if __name__ == "__main__":
         latency(addr, int(sys.argv[3]), len(sys.argv) > 4)
     elif cmd == "throughput":
         throughput(addr, int(sys.argv[3]), len(sys.argv) > 4)
+    elif cmd == "download":
+        download(addr, int(sys.argv[3]), len(sys.argv) > 4)

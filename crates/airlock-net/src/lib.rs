@@ -34,7 +34,7 @@ pub mod tun;
 
 pub use capture::{
     CAPTURE_ADDR, CAPTURE_ADDR_V6, CaptureError, RedirectScope, install_redirect,
-    route_to_loopback, shorten_tcp_tracking,
+    route_to_loopback, shorten_tcp_tracking, use_local_congestion_control,
 };
 pub use dns::{DnsConfig, DnsServer, PinSet};
 pub use gate::{Connector, DirectConnector, Gate, GateConfig, NetListeners, NetService, proxy_env};

@@ -209,6 +209,9 @@ impl InsideSockets {
     /// `tun0` where /dev/net/tun is usable. Without it only the proxy endpoint and the resolver
     /// lead out, and any other connection fails at once with "network unreachable".
     pub fn create(capture: bool) -> Result<InsideSockets> {
+        // Only speed depends on it (every connection here is a local hop to the gate): where
+        // the host does not allow Reno in a namespace, its default stays.
+        let _ = airlock_net::use_local_congestion_control();
         let bind = |what: &str, r: std::io::Result<OwnedFd>| {
             r.map_err(|e| NsError::sys(format!("binding the sandbox's {what}"), e))
         };

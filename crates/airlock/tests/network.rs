@@ -240,6 +240,7 @@ print("direct_metadata", raw("169.254.169.254", host="meta.test"))
 print("direct_v6", raw("2001:db8::10"))
 print("udp_other", udp("203.0.113.10", 9999))
 print("capture_path", capture_path())
+print("congestion", open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip())
 print("capture_path_v6", capture_path("2001:db8::10", "/proc/net/tcp6", "00000000000000000000000001000000:0C39"))
 print("capture_endpoint", raw("127.0.0.53", 3129))
 "#;
@@ -314,6 +315,7 @@ fn gate_run<'a>(args: &[&'a str]) -> Vec<&'a str> {
 fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
     let host_tuns = tun_devices(None);
     let net = FakeInternet::new();
+    let outer_congestion = congestion_control(&net.ns);
     for who in everyone() {
         let env = Env::new(&who);
         let name = unique("gate");
@@ -330,6 +332,10 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
         );
         assert_eq!(line(&o, "capture_path"), "kernel", "{o}");
         assert_eq!(line(&o, "capture_path_v6"), "kernel", "{o}");
+        // The sandbox's namespace only has local hops to the gate: Reno, no pacing; the gate's
+        // own namespace, where the upstream connections are made, keeps its default.
+        assert_eq!(line(&o, "congestion"), "reno", "{o}");
+        assert_eq!(congestion_control(&net.ns), outer_congestion);
 
         // Without a TUN device (a container without /dev/net/tun): TCP is still captured in the
         // kernel, and UDP goes nowhere (delivered to the sandbox's own loopback, where nothing
@@ -402,6 +408,22 @@ fn policy_gate_allows_only_what_the_policy_allows_on_every_path() {
         host_tuns,
         "a sandbox's tun0 reached the host"
     );
+}
+
+/// The default TCP congestion control of the network namespace `ns`.
+fn congestion_control(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            "/proc/sys/net/ipv4/tcp_congestion_control",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
 }
 
 /// How many devices named tun0 the network namespace `ns` (the test's own when `None`) has.
