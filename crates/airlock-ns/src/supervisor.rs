@@ -842,7 +842,9 @@ fn start_supervised(store: &Store, spec: &SandboxSpec, jail: Option<Jail>) -> Re
         pid => {
             drop(report_w);
             let mut buf = vec![0u8; 16384];
+            airlock_core::startup::trace("start: supervisor forked");
             let n = recv(report_r.as_raw_fd(), &mut buf);
+            airlock_core::startup::trace("start: supervisor reported");
             // The supervisor stays alive (reparented once we exit); reap it only if it failed.
             if n >= 1 && buf[0] == MSG_READY {
                 store.read_runtime(&spec.name)?.ok_or_else(|| {
@@ -907,6 +909,7 @@ fn supervisor_main(
             return 1;
         }
     };
+    airlock_core::startup::trace("start: supervisor detached");
     let mut enforcement = enforcement(store, spec);
     if jail.is_some() && enforcement.cgroup.is_none() {
         // A VMM reserves far more address space than it uses (QEMU's TCG translation cache alone
@@ -958,6 +961,7 @@ fn supervisor_main(
             return 1;
         }
     };
+    airlock_core::startup::trace("start: booted");
     let net = booted.net.take();
     if let Err(e) = store.write_runtime(&spec.name, &runtime_state(&booted, net.as_ref())) {
         // SAFETY: killing our own child, the init.
@@ -981,6 +985,7 @@ fn supervisor_main(
         Some(Ok(h)) => Some(h),
         None => None,
     };
+    airlock_core::startup::trace("start: state written, ready");
     send_report(&[MSG_READY]);
     drop(report);
     let deadline = spec

@@ -718,7 +718,9 @@ pub fn start(name: &str) -> Result<i32, Failure> {
     let store = open_store()?;
     let spec = store.load(name)?;
     let be = backend(spec.isolation)?;
+    airlock_core::startup::trace("start: spec loaded");
     let (state, started) = ensure_running(&store, be.as_ref(), &spec)?;
+    airlock_core::startup::trace("start: running");
     if started {
         ui::note(&format!("started {name} (init pid {})", state.init_pid));
     } else {
