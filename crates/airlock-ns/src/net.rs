@@ -291,8 +291,15 @@ impl InsideSockets {
         let mut buf = vec![0u8; 4096];
         let mut iov = [IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!([RawFd; 6]);
-        let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(|e| NsError::sys("receiving from the sandbox's init", e.into()))?;
+        // ECONNRESET: the init closed its end with messages of ours unread; the kernel reports
+        // that once, before the message still queued for us (what went wrong): read on.
+        let msg = loop {
+            match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+                Err(nix::errno::Errno::ECONNRESET | nix::errno::Errno::EINTR) => continue,
+                r => break r,
+            }
+        }
+        .map_err(|e| NsError::sys("receiving from the sandbox's init", e.into()))?;
         let n = msg.bytes;
         let mut fds: Vec<OwnedFd> = Vec::new();
         for c in msg

@@ -155,7 +155,15 @@ fn recv(sock: RawFd, buf: &mut [u8]) -> usize {
     loop {
         // SAFETY: receiving into a valid buffer.
         let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+        // ECONNRESET: the peer closed its end with messages of ours unread (an init that failed
+        // before reading "in cgroup"). The kernel reports that error once, before the messages
+        // still queued for us, which carry what went wrong: read on.
+        if n < 0
+            && matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EINTR | libc::ECONNRESET)
+            )
+        {
             continue;
         }
         return n.max(0) as usize;
@@ -1174,6 +1182,36 @@ pub fn wait_gone(pid: i32, ticks: u64, limit: Duration) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// An init that fails setup sends its error and exits with a message of ours unread (the
+    /// "in cgroup" it reads only once the filesystem is built). The kernel then fails the next
+    /// receive with ECONNRESET before the queued error: the error must still be read, or the
+    /// user sees "the init exited during setup" instead of what went wrong (seen under load).
+    #[test]
+    fn a_message_sent_before_the_peer_closed_with_ours_unread_is_still_received() {
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        init::send(ours.as_raw_fd(), &[MSG_IN_CGROUP]);
+        init::send(theirs.as_raw_fd(), b"Esetup failed");
+        drop(theirs);
+        let mut buf = [0u8; 64];
+        let n = recv(ours.as_raw_fd(), &mut buf);
+        assert_eq!(&buf[..n], b"Esetup failed");
+        assert_eq!(recv(ours.as_raw_fd(), &mut buf), 0, "then the end");
+    }
+
+    /// The same for the first message, which [`crate::net::InsideSockets::recv`] reads.
+    #[test]
+    fn an_early_error_is_received_when_the_init_closed_with_ours_unread() {
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        init::send(ours.as_raw_fd(), &[MSG_IN_CGROUP]);
+        init::send(theirs.as_raw_fd(), b"Eno network");
+        drop(theirs);
+        match crate::net::InsideSockets::recv(ours.as_raw_fd()) {
+            Ok(Err(bytes)) => assert_eq!(bytes, b"Eno network"),
+            Ok(Ok(_)) => panic!("sockets from nowhere"),
+            Err(e) => panic!("{e}"),
+        }
+    }
 
     /// A cached filter is only read from a directory and a file of the user's that nobody else
     /// can write, and never through a symlink.
