@@ -598,6 +598,13 @@ def case_workload(e: Env) -> dict:
     # the same generated C project in the workspace (lower layer) and on the host, same filesystem
     for d in (e.ws, e.host):
         run_capture([PY, os.path.join(WORKLOAD, "gen_cproj.py"), os.path.join(d, "cproj"), str(a.build_units)])
+    if have_tmpfs:
+        # The clone workspace needs a git repository: made before any sandbox of this workspace
+        # exists (an overlay's lower layer must not change under it).
+        git = ["git", "-C", tws, "-c", "user.name=airbench", "-c", "user.email=airbench@example.invalid"]
+        run_capture(git + ["init", "-q"])
+        run_capture(git + ["add", "files.py"])
+        run_capture(git + ["commit", "-q", "-m", "files.py"])
     e.create_started("bench-work")
     e.create_started("bench-work-rw", extra=("--workspace-mode", "rw"))
     if have_tmpfs:
@@ -607,11 +614,7 @@ def case_workload(e: Env) -> dict:
         # plain directory on the same tmpfs: how build outputs and dependency trees are meant to run)
         e.create_started("bench-work-tmpfs-cache", env=tenv, cwd=tws, extra=("--cache-dir", "cache"))
         # the clone workspace (a private git clone of the workspace on the same tmpfs: the host's
-        # tree untouched like cow, without an overlay; the workspace must be a git repository)
-        git = ["git", "-C", tws, "-c", "user.name=airbench", "-c", "user.email=airbench@example.invalid"]
-        run_capture(git + ["init", "-q"])
-        run_capture(git + ["add", "files.py"])
-        run_capture(git + ["commit", "-q", "-m", "files.py"])
+        # tree untouched like cow, without an overlay)
         e.create_started("bench-work-tmpfs-clone", env=tenv, cwd=tws, extra=("--workspace-mode", "clone"))
     dscript, tscript = os.path.join(e.ws, "files.py"), os.path.join(tws, "files.py")
     nd = str(n // 10)
@@ -869,9 +872,18 @@ def case_netgate(e: Env) -> dict:
             ipr("netns", "exec", ns, "ip", "link", "set", "lo", "up")
             ipr("netns", "exec", ns, "ip", "addr", "add", addr, "dev", dev)
             ipr("netns", "exec", ns, "ip", "link", "set", dev, "up")
-        server = subprocess.Popen(["ip", "netns", "exec", sns, sys.executable, script, "serve", "203.0.113.10"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert server.stdout.readline().strip() == "ready"
+        def serve():
+            p = subprocess.Popen(["ip", "netns", "exec", sns, sys.executable, script, "serve", "203.0.113.10"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert p.stdout.readline().strip() == "ready"
+            return p
+
+        def stop(p):
+            p.stdin.close()
+            p.kill()
+            p.wait()
+
+        server = serve()
         n = 50 if e.args.quick else 300
         mib = 128 if e.args.quick else 512
         reps = 3 if e.args.quick else 7
@@ -887,30 +899,49 @@ def case_netgate(e: Env) -> dict:
         # ~0.3 s and swings with whatever else the 2-4 CPUs do, so `reps` transfers per
         # alternative and direction, interleaved (starting alternative rotated), median.
         ways = (("throughput", "throughput"), ("download", "download"))
-        thr = {(label, key): [] for label, _, _ in alts for key, _ in ways}
-        for i in range(reps):
-            for key, cmd in ways:
-                for label, pre, extra in alts[i % 3:] + alts[:i % 3]:
-                    proc = run_capture(pre + [cmd, "203.0.113.10", str(mib)] + extra, env=e.env, timeout=300)
-                    thr[(label, key)].append(round(json.loads(proc.stdout.strip().splitlines()[-1])["mib_per_s"], 1))
-        for (label, key), xs in thr.items():
-            res[label].update({f"{key}_mib_s": round(statistics.median(xs), 1),
-                               f"{key}_min_mib_s": min(xs), f"{key}_max_mib_s": max(xs),
-                               f"{key}_samples_mib_s": xs})
+
+        def transfers(suffix: str):
+            thr = {(label, key): [] for label, _, _ in alts for key, _ in ways}
+            for i in range(reps):
+                for key, cmd in ways:
+                    for label, pre, extra in alts[i % 3:] + alts[:i % 3]:
+                        proc = run_capture(pre + [cmd, "203.0.113.10", str(mib)] + extra, env=e.env, timeout=300)
+                        thr[(label, key)].append(round(json.loads(proc.stdout.strip().splitlines()[-1])["mib_per_s"], 1))
+            for (label, key), xs in thr.items():
+                k = key + suffix
+                res[label].update({f"{k}_mib_s": round(statistics.median(xs), 1),
+                                   f"{k}_min_mib_s": min(xs), f"{k}_max_mib_s": max(xs),
+                                   f"{k}_samples_mib_s": xs})
+
+        transfers("")
+        # The test namespaces inherit the host's default congestion control. Where that is BBR
+        # (this machine), it paces the direct transfer and the gate's upstream leg alike, and
+        # the ratio above is what a user of this host gets. On a host whose default does not
+        # pace (CUBIC, most distributions), direct transfers are faster and the gate's own
+        # ceiling shows: the same transfers with both test namespaces on Reno (the server
+        # restarted, so that its sockets take it), reported without a target.
+        stop(server)
+        server = None
+        cc = {ns: run_capture(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/tcp_congestion_control"]).stdout.strip()
+              for ns in (cns, sns)}
+        for ns in (cns, sns):
+            ipr("netns", "exec", ns, "sh", "-c", "echo reno > /proc/sys/net/ipv4/tcp_congestion_control")
+        server = serve()
+        transfers("_unpaced")
         for label in res:
             e.log(f"  {label}: {res[label]}")
         d = res["direct"]
-        out = {"available": True, "results": res, "n": n, "mib": mib, "reps": reps}
+        out = {"available": True, "results": res, "n": n, "mib": mib, "reps": reps, "congestion_control": cc}
         for k in ("gate, transparent", "gate, proxy CONNECT"):
             out.setdefault("added_latency_us", {})[k] = round(res[k]["connect_rtt_median_us"] - d["connect_rtt_median_us"], 1)
             out.setdefault("throughput_ratio", {})[k] = round(res[k]["throughput_mib_s"] / d["throughput_mib_s"], 3)
             out.setdefault("download_ratio", {})[k] = round(res[k]["download_mib_s"] / d["download_mib_s"], 3)
+            out.setdefault("unpaced_ratio", {})[k] = {
+                w: round(res[k][f"{w}_unpaced_mib_s"] / d[f"{w}_unpaced_mib_s"], 3) for w in ("throughput", "download")}
         return out
     finally:
         if server:
-            server.stdin.close()
-            server.kill()
-            server.wait()
+            stop(server)
         for ns in (cns, sns):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
@@ -1124,6 +1155,10 @@ def targets(c: dict) -> list[dict]:
             add("4", f"gate: upload throughput vs direct ({k})", round(100 * v, 1), "%", ">= 80 %", v >= 0.8)
         for k, v in ng.get("download_ratio", {}).items():
             add("4", f"gate: download throughput vs direct ({k})", round(100 * v, 1), "%", ">= 80 %", v >= 0.8)
+        for k, v in ng.get("unpaced_ratio", {}).items():
+            for w, what in (("throughput", "upload"), ("download", "download")):
+                add("4", f"reference: gate {what} throughput vs direct on an unpaced path, Reno in the test "
+                    f"namespaces ({k})", round(100 * v[w], 1), "%", "none", None)
     elif ng.get("available") is False:
         add("4", "gate: new connection / throughput", None, "", "<= 1 ms, >= 80 %", None)
     d = c.get("density", {})
@@ -1281,6 +1316,13 @@ def table(c: dict, tg: list[dict], m: dict) -> str:
                 if "download_mib_s" in st:
                     rng = f"{st['download_min_mib_s']}-{st['download_max_mib_s']} MiB/s over {r['reps']}"
                     L.append(f"| 4. gate | {v}: bulk download ({r['mib']} MiB) | {st['download_mib_s']} MiB/s | | {rng} |")
+            cc = r.get("congestion_control")
+            for v, st in r["results"].items():
+                for w, what in (("throughput", "upload"), ("download", "download")):
+                    if f"{w}_unpaced_mib_s" in st:
+                        rng = f"{st[f'{w}_unpaced_min_mib_s']}-{st[f'{w}_unpaced_max_mib_s']} MiB/s over {r['reps']}"
+                        L.append(f"| 4. gate, unpaced path (Reno; host default {', '.join(sorted(set(cc.values()))) if cc else '?'}) "
+                                 f"| {v}: bulk {what} | {st[f'{w}_unpaced_mib_s']} MiB/s | | {rng} |")
         elif key == "vm":
             base = r["results"]["bare qemu, same kernel"]["first_output"]["median_ms"]
             for v, st in r["results"].items():
