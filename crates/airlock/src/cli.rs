@@ -317,7 +317,8 @@ pub struct SandboxOpts {
     /// outputs and dependency trees (target, node_modules, .venv): the sandbox gets a directory of
     /// its own there, at native file speed, kept across runs, never in diff/review/apply; what
     /// the host has there is hidden inside. Repeatable; also `[workspace] cache_dirs` in the
-    /// project's airlock.toml. In rw and ro workspaces the directory must exist on the host
+    /// project's airlock.toml. In rw and ro workspaces the directory must exist on the host. It
+    /// is a mount point inside: empty it with `rm -rf DIR/*`; removing DIR itself fails (EBUSY)
     #[arg(long = "cache-dir", value_name = "PATH")]
     pub cache_dir: Vec<PathBuf>,
 
