@@ -164,6 +164,9 @@ pub struct InsideSockets {
     pub capture: Vec<OwnedFd>,
     /// Why TCP is not captured in the kernel, if it is not (it then goes through `tun0`, if any).
     pub capture_error: Option<String>,
+    /// Why the namespace's TCP keeps the host's congestion control instead of
+    /// [`airlock_net::capture::LOCAL_CONGESTION_CONTROL`], if it does (only speed depends on it).
+    pub pacing_error: Option<String>,
 }
 
 const MSG_NET: u8 = b'N';
@@ -210,8 +213,11 @@ impl InsideSockets {
     /// lead out, and any other connection fails at once with "network unreachable".
     pub fn create(capture: bool) -> Result<InsideSockets> {
         // Only speed depends on it (every connection here is a local hop to the gate): where
-        // the host does not allow Reno in a namespace, its default stays.
-        let _ = airlock_net::use_local_congestion_control();
+        // the host does not allow Reno in a namespace, or /proc/sys is read-only, its default
+        // stays, and the sandbox's network description says why.
+        let pacing_error = airlock_net::use_local_congestion_control()
+            .err()
+            .map(|e| e.to_string());
         let bind = |what: &str, r: std::io::Result<OwnedFd>| {
             r.map_err(|e| NsError::sys(format!("binding the sandbox's {what}"), e))
         };
@@ -253,13 +259,14 @@ impl InsideSockets {
             tun_error,
             capture,
             capture_error,
+            pacing_error,
         })
     }
 
     /// Hand the sockets to the supervisor over the setup channel. The message is `N`, a byte
     /// saying which optional sockets follow the three fixed ones (bit 0 the TUN device, bit 1 the
-    /// IPv4 capture endpoint, bit 2 the IPv6 one), then the TUN error, a NUL, and the capture
-    /// error.
+    /// IPv4 capture endpoint, bit 2 the IPv6 one), then the TUN error, a NUL, the capture
+    /// error, a NUL, and the pacing error.
     pub fn send(&self, sock: RawFd) -> Result<()> {
         let mut fds = vec![
             self.proxy.as_raw_fd(),
@@ -279,6 +286,8 @@ impl InsideSockets {
         msg.extend_from_slice(self.tun_error.as_deref().unwrap_or("").as_bytes());
         msg.push(0);
         msg.extend_from_slice(self.capture_error.as_deref().unwrap_or("").as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(self.pacing_error.as_deref().unwrap_or("").as_bytes());
         let cmsg = [ControlMessage::ScmRights(&fds)];
         sendmsg::<()>(sock, &[IoSlice::new(&msg)], &cmsg, MsgFlags::empty(), None)
             .map_err(|e| NsError::sys("handing the network sockets to the supervisor", e.into()))?;
@@ -335,7 +344,8 @@ impl InsideSockets {
             .filter_map(|_| next())
             .collect();
         let text = String::from_utf8_lossy(&bytes[2..]).into_owned();
-        let (tun_error, capture_error) = text.split_once('\0').unwrap_or((&text, ""));
+        let (tun_error, rest) = text.split_once('\0').unwrap_or((&text, ""));
+        let (capture_error, pacing_error) = rest.split_once('\0').unwrap_or((rest, ""));
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Ok(Ok(InsideSockets {
             proxy,
@@ -345,6 +355,7 @@ impl InsideSockets {
             tun_error: some(tun_error),
             capture,
             capture_error: some(capture_error),
+            pacing_error: some(pacing_error),
         }))
     }
 }
@@ -534,6 +545,12 @@ impl SandboxNet {
                         .unwrap_or_default()
                 ),
             ),
+        };
+        let description = match &sockets.pacing_error {
+            Some(e) => format!(
+                "{description}; TCP inside keeps the host's congestion control (slower through the gate): {e}"
+            ),
+            None => description,
         };
         let description = match injecting {
             Some((n, missing)) if missing.is_empty() => {

@@ -1199,6 +1199,34 @@ mod tests {
         assert_eq!(recv(ours.as_raw_fd(), &mut buf), 0, "then the end");
     }
 
+    /// What the init's network thread says about the paths it could not set up reaches the
+    /// supervisor intact, each in its place (the sandbox's network description quotes them).
+    #[test]
+    fn the_network_setup_errors_arrive_each_in_its_place() {
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let sent = crate::net::InsideSockets {
+            proxy: null(),
+            dns_udp: null(),
+            dns_tcp: null(),
+            tun: None,
+            tun_error: Some("no /dev/net/tun".into()),
+            capture: Vec::new(),
+            capture_error: None,
+            pacing_error: Some("read-only file system".into()),
+        };
+        sent.send(theirs.as_raw_fd()).unwrap();
+        let got = match crate::net::InsideSockets::recv(ours.as_raw_fd()) {
+            Ok(Ok(s)) => s,
+            Ok(Err(bytes)) => panic!("not the sockets: {bytes:?}"),
+            Err(e) => panic!("{e}"),
+        };
+        assert!(got.tun.is_none() && got.capture.is_empty());
+        assert_eq!(got.tun_error.as_deref(), Some("no /dev/net/tun"));
+        assert_eq!(got.capture_error, None);
+        assert_eq!(got.pacing_error.as_deref(), Some("read-only file system"));
+    }
+
     /// The same for the first message, which [`crate::net::InsideSockets::recv`] reads.
     #[test]
     fn an_early_error_is_received_when_the_init_closed_with_ours_unread() {
