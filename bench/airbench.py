@@ -1394,10 +1394,11 @@ def main():
     # density case. On an ext4 without a journal (this VM's root disk) inode allocation scans past
     # inodes deleted in the last 60-300 s (ext4 recently_deleted()), so heavy deletion slows every
     # later mkdir: a `mkdir` went from 23 to 60-135 us after 200 `airlock run --rm` here. Case 1
-    # is such a case too: its hundreds of one-shot sandboxes each create and delete their layer
-    # directories, under AIRLOCK_HOME on the disk (an installed Airlock keeps one-shot sandboxes
-    # on a tmpfs, /run/airlock or $XDG_RUNTIME_DIR). Run after it, case 5 measured half its rate
-    # (78-106 creates + starts per second against 167-182 first).
+    # is such a case too: its hundreds of one-shot sandboxes each create and delete a few state
+    # files (spec, runtime state, lock, decision log; their layers are in memory) under
+    # AIRLOCK_HOME on the disk (an installed Airlock keeps them under /run/airlock or
+    # $XDG_RUNTIME_DIR, a tmpfs on most distributions, not on this machine). Run after it, case 5
+    # measured half its rate (78-106 creates + starts per second against 167-182 first).
     order = ["density", "cold", "exec", "workload", "dispose", "netgate", "vm"]
     try:
         for cid, key, title, fn in sorted(CASES, key=lambda c: order.index(c[1]) if c[1] in order else 99):
