@@ -242,9 +242,10 @@ pub fn shorten_tcp_tracking() -> Result<(), CaptureError> {
 /// Congestion control of the sandbox's own network namespace: Reno, which does not pace.
 ///
 /// Every TCP connection in that namespace ends at the gate on the same host (the capture
-/// endpoint, the proxy endpoint, the resolver), so its only path is loopback, where congestion
-/// control has nothing to measure. The host's default is often BBR, which paces every socket
-/// with a timer; on one hop of loopback that pacing is what limits a transfer. Measured on the
+/// endpoint, the proxy endpoint, the resolver; or `tun0` to the gate's user-space stack), so
+/// its only path is a local hop, where congestion control has nothing to measure. The host's
+/// default is often BBR, which paces every socket with a timer; on a local hop that pacing is
+/// what limits a transfer. Measured on the
 /// bench machine (2 cores, BBR host default): a bulk upload through the gate rose from ~76 % to
 /// ~90 % of a direct transfer. The connection the gate makes upstream keeps the host's default,
 /// so the real path is still paced and congestion-controlled as the host chose. Reno is the one

@@ -213,8 +213,8 @@ impl InsideSockets {
     /// lead out, and any other connection fails at once with "network unreachable".
     pub fn create(capture: bool) -> Result<InsideSockets> {
         // Only speed depends on it (every connection here is a local hop to the gate): where
-        // the host does not allow Reno in a namespace, or /proc/sys is read-only, its default
-        // stays, and the sandbox's network description says why.
+        // the host does not allow Reno in a namespace, its default stays, and the sandbox's
+        // network description says why.
         let pacing_error = airlock_net::use_local_congestion_control()
             .err()
             .map(|e| e.to_string());
