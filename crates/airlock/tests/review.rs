@@ -395,21 +395,29 @@ fn an_apply_killed_at_random_points_leaves_every_file_old_or_new() {
         };
         let mut killed = 0;
         let mut progress = vec![];
-        for _ in 0..20 {
+        // How long an apply may run before it is killed, at most: doubled whenever a kill landed
+        // before the apply wrote anything (a loaded machine starts it slower), so the kills reach
+        // the middle of an apply whatever the machine's speed.
+        let mut window_us: u64 = 15_000;
+        for _ in 0..30 {
             let mut child = env
                 .command(&["apply", &name])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_micros(2_000 + random_u64() % 15_000));
+            std::thread::sleep(Duration::from_micros(2_000 + random_u64() % window_us));
             let _ = child.kill();
             let st = child.wait().unwrap();
-            progress.push(check());
+            let n_new = check();
+            progress.push(n_new);
             if st.success() {
                 break;
             }
             killed += 1;
+            if n_new == 0 {
+                window_us = (window_us * 2).min(2_000_000);
+            }
         }
         eprintln!(
             "[{}] apply killed {killed} times; new files after each: {progress:?}",
