@@ -1183,16 +1183,21 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    /// An init that fails setup sends its error and exits with a message of ours unread (the
-    /// "in cgroup" it reads only once the filesystem is built). The kernel then fails the next
-    /// receive with ECONNRESET before the queued error: the error must still be read, or the
-    /// user sees "the init exited during setup" instead of what went wrong (seen under load).
-    #[test]
-    fn a_message_sent_before_the_peer_closed_with_ours_unread_is_still_received() {
+    /// Our end of the setup channel of an init that failed: it sent `error` and closed its end
+    /// with our "in cgroup" unread (it reads that only once the filesystem is built).
+    fn channel_of_a_failed_init(error: &[u8]) -> OwnedFd {
         let (ours, theirs) = seqpacket_pair().unwrap();
         init::send(ours.as_raw_fd(), &[MSG_IN_CGROUP]);
-        init::send(theirs.as_raw_fd(), b"Esetup failed");
-        drop(theirs);
+        init::send(theirs.as_raw_fd(), error);
+        ours
+    }
+
+    /// The kernel fails the next receive on [`channel_of_a_failed_init`] with ECONNRESET before
+    /// the queued error: the error must still be read, or the user sees "the init exited during
+    /// setup" instead of what went wrong (seen under load).
+    #[test]
+    fn a_message_sent_before_the_peer_closed_with_ours_unread_is_still_received() {
+        let ours = channel_of_a_failed_init(b"Esetup failed");
         let mut buf = [0u8; 64];
         let n = recv(ours.as_raw_fd(), &mut buf);
         assert_eq!(&buf[..n], b"Esetup failed");
@@ -1230,10 +1235,7 @@ mod tests {
     /// The same for the first message, which [`crate::net::InsideSockets::recv`] reads.
     #[test]
     fn an_early_error_is_received_when_the_init_closed_with_ours_unread() {
-        let (ours, theirs) = seqpacket_pair().unwrap();
-        init::send(ours.as_raw_fd(), &[MSG_IN_CGROUP]);
-        init::send(theirs.as_raw_fd(), b"Eno network");
-        drop(theirs);
+        let ours = channel_of_a_failed_init(b"Eno network");
         match crate::net::InsideSockets::recv(ours.as_raw_fd()) {
             Ok(Err(bytes)) => assert_eq!(bytes, b"Eno network"),
             Ok(Ok(_)) => panic!("sockets from nowhere"),
